@@ -1,0 +1,5 @@
+import sys
+
+from gantrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,37 @@
+"""The small contract every model family implements; the training loop relies on nothing else.
+
+A generator maps latents z [N, z_dim] (and class labels c [N] when conditional) to images in [-1, 1];
+a discriminator maps images (and labels) to one logit per image. Models never see ranks, precision,
+devices or loggers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about the data: taken from the shard manifest."""
+
+    resolution: int
+    channels: int
+    num_classes: int
+
+
+class Generator(nn.Module):
+    z_dim: int
+    num_classes: int  # 0: unconditional
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Discriminator(nn.Module):
+    num_classes: int
+
+    def forward(self, images: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError

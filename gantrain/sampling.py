@@ -1,0 +1,54 @@
+"""Latents, batched generation and image grids, shared by training snapshots and `gantrain sample`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gantrain.atomic import atomic_open
+from gantrain.models import Generator
+
+
+def latents(n: int, G: Generator, seed: int, rows: int | None = None, class_index: int | None = None,
+            device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """N latents from SEED; for a conditional G the labels are CLASS_INDEX, or one class per grid row."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, G.z_dim, generator=gen)
+    c = None
+    if G.num_classes:
+        if class_index is not None:
+            c = torch.full((n,), class_index, dtype=torch.int64)
+        else:
+            per_row = max(n // (rows or 1), 1)
+            c = (torch.arange(n) // per_row) % G.num_classes
+    return z.to(device), None if c is None else c.to(device)
+
+
+@torch.no_grad()
+def generate(G: Generator, z: torch.Tensor, c: torch.Tensor | None, batch: int = 64) -> torch.Tensor:
+    chunks = [G(z[i:i + batch], None if c is None else c[i:i + batch]) for i in range(0, len(z), batch)]
+    return torch.cat(chunks).float().cpu()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats to uint8, the inverse of the loader's x / 127.5 - 1."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def make_grid(images: torch.Tensor, cols: int) -> torch.Tensor:
+    """[N, C, H, W] uint8 -> [C, rows*H, cols*W], row-major; short rows padded with black."""
+    n, c, h, w = images.shape
+    rows = -(-n // cols)
+    if rows * cols != n:
+        images = torch.cat([images, images.new_zeros(rows * cols - n, c, h, w)])
+    return images.reshape(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
+
+
+def save_png(grid: torch.Tensor, path: str | Path) -> None:
+    array = grid.cpu().numpy()
+    image = Image.fromarray(array[0] if array.shape[0] == 1 else np.transpose(array, (1, 2, 0)))
+    with atomic_open(path, "wb") as f:
+        image.save(f, format="PNG")

@@ -1,0 +1,92 @@
+"""Checkpoints: one file per snapshot holding the whole training state, written atomically.
+
+A run dir holds checkpoint-<nimg>.pt files, a `latest` pointer and, per checkpoint, G_ema exported as
+safetensors for inference. Files are only ever added by rename and removed after a newer checkpoint
+is complete, so a crash at any moment leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from gantrain.atomic import atomic_open, atomic_save, atomic_write
+
+log = logging.getLogger(__name__)
+LATEST = "latest"
+_NAME = re.compile(r"checkpoint-(\d{10})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def checkpoint_name(nimg: int) -> str:
+    return f"checkpoint-{nimg:010d}.pt"
+
+
+def export_name(nimg: int) -> str:
+    return f"G_ema-{nimg:010d}.safetensors"
+
+
+def save(run_dir: Path, state: dict[str, Any], nimg: int, keep: int,
+         g_ema: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Write the checkpoint, its safetensors export and the pointer; then prune to the newest KEEP."""
+    path = run_dir / checkpoint_name(nimg)
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in g_ema.items()}
+    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    atomic_save(run_dir / export_name(nimg), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(run_dir / LATEST, path.name + "\n")
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+        (run_dir / export_name(int(_NAME.search(old.name).group(1)))).unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints in the run dir, oldest first."""
+    return sorted(p for p in Path(run_dir).glob("checkpoint-*.pt") if _NAME.search(p.name))
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Load with weights_only=True (no code execution); any damage becomes a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable gantrain checkpoint (truncated or foreign file: "
+                              f"{reason})") from None
+    if not isinstance(state, dict) or state.get("format") != "gantrain-checkpoint/1":
+        raise CheckpointError(f"{path}: not a gantrain checkpoint (no gantrain-checkpoint/1 marker)")
+    return state
+
+
+def load_latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """Newest loadable checkpoint for `--resume auto`: the `latest` pointer first, then older ones.
+
+    A damaged newest file is reported and passed over rather than ending the run.
+    """
+    candidates = list(reversed(list_checkpoints(run_dir)))
+    pointer = run_dir / LATEST
+    if pointer.exists():
+        named = run_dir / pointer.read_text().strip()
+        candidates = [named] + [c for c in candidates if c != named]
+    for path in candidates:
+        try:
+            return path, load(path)
+        except CheckpointError as exc:
+            log.warning("skipping damaged checkpoint: %s", exc)
+    return None

@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gantrain import config as config_mod
+from gantrain.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_bundled_config_loads():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        config_mod.load(path)
+
+
+def test_overrides_are_typed():
+    cfg = config_mod.load(REPO / "configs/quickstart.yaml",
+                          ["train.kimg=2", "model.channels=64", "train.ema_rampup=null", "optim.betas=[0.0,0.99]"])
+    assert cfg.train.kimg == 2.0 and isinstance(cfg.train.kimg, float)
+    assert cfg.model.channels == 64
+    assert cfg.train.ema_rampup is None
+    assert cfg.optim.betas == [0.0, 0.99]
+
+
+def _error(tmp_path, text, overrides=()):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return info.value.key, message
+
+
+def test_unknown_key_names_it_and_suggests(tmp_path):
+    key, message = _error(tmp_path, "data: {path: x}\ntrain: {kimgg: 3}\n")
+    assert key == "train.kimgg"
+    assert "did you mean 'train.kimg'" in message
+
+
+def test_unknown_section_and_override_typo(tmp_path):
+    key, message = _error(tmp_path, "data: {path: x}\ntrian: {kimg: 3}\n")
+    assert key == "trian" and "did you mean 'train'" in message
+    key, message = _error(tmp_path, "data: {path: x}\n", ["model.chanels=8"])
+    assert key == "model.chanels" and "did you mean 'model.channels'" in message
+
+
+def test_wrong_types(tmp_path):
+    key, message = _error(tmp_path, "data: {path: x}\ntrain: {batch: 3.5}\n")
+    assert key == "train.batch" and "integer" in message
+    key, message = _error(tmp_path, "data: {path: x}\n", ["train.kimg=abc"])
+    assert key == "train.kimg" and "number" in message
+    key, message = _error(tmp_path, "data: {path: x}\nlog: {progress: 1}\n")
+    assert key == "log.progress" and "true or false" in message
+    key, message = _error(tmp_path, "data: {path: x}\nloss: {name: hinj}\n")
+    assert key == "loss.name" and "nonsaturating" in message
+
+
+def test_impossible_values(tmp_path):
+    key, message = _error(tmp_path, "data: {path: x}\ntrain: {batch: 16, micro_batch: 5}\n")
+    assert key == "train.micro_batch" and "divide" in message
+    key, _ = _error(tmp_path, "data: {path: x}\ntrain: {kimg: -1}\n")
+    assert key == "train.kimg"
+    key, _ = _error(tmp_path, "data: {path: x}\nmodel: {resolution: 24}\n")
+    assert key == "model.resolution"
+    key, message = _error(tmp_path, "data: {path: x}\nmodel: {name: stylegan9}\n")
+    assert key == "model.name" and "dcgan" in message
+    key, _ = _error(tmp_path, "train: {kimg: 1}\n")
+    assert key == "data.path"
+
+
+def test_malformed_yaml_and_override(tmp_path):
+    _, message = _error(tmp_path, "data: {path: x\n")
+    assert "c.yaml" in message and "YAML" in message
+    _, message = _error(tmp_path, "data: {path: x}\n", ["train.kimg"])
+    assert "key=value" in message
+
+
+def test_accumulation_derivation():
+    cfg = config_mod.from_dict({"data": {"path": "x"}, "train": {"batch": 64, "micro_batch": 8}})
+    assert cfg.train.accumulation(1) == (8, 8)
+    assert cfg.train.accumulation(2) == (8, 4)
+    with pytest.raises(ConfigError, match="train.micro_batch"):
+        config_mod.from_dict({"data": {"path": "x"}, "train": {"batch": 64, "micro_batch": 64}}) \
+            .train.accumulation(2)
+
+
+def test_dump_round_trips():
+    cfg = config_mod.load(REPO / "configs/quickstart.yaml")
+    assert config_mod.from_dict(yaml.safe_load(config_mod.dump(cfg))) == cfg

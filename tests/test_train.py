@@ -1,0 +1,200 @@
+"""The loop end to end on real shards: exact resume, accumulation, TensorBoard, checkpoints, CLI."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import tiny_config
+from gantrain.cli import main as cli_main
+from gantrain.data.stream import StreamLoader, read_manifest
+from gantrain.train import checkpoint
+from gantrain.train.checkpoint import CheckpointError
+from gantrain.train.loop import Trainer, resolve, run
+from gantrain.engines.single import SingleEngine
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    for net in ("G", "D"):
+        for key in ("model", "optimizer"):
+            _assert_equal_tree(a[net][key], b[net][key], f"{net}.{key}")
+    _assert_equal_tree(a["G_ema"], b["G_ema"], "G_ema")
+    _assert_equal_tree(a["rng"]["latents"], b["rng"]["latents"], "rng")
+    assert a["counters"]["nimg"] == b["counters"]["nimg"] and a["counters"]["step"] == b["counters"]["step"]
+    assert a["data"] == b["data"]
+
+
+def _assert_equal_tree(a, b, where):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_equal_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal_tree(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs (max {(a.float() - b.float()).abs().max()})"
+    else:
+        assert a == b, where
+
+
+def _next_batch(state: dict, data: Path):
+    loader = StreamLoader(read_manifest(data), batch_size=16, seed=state["config"]["run"]["seed"],
+                          num_workers=state["config"]["data"]["workers"], state=state["data"])
+    batch = next(loader)
+    loader.close()
+    return batch
+
+
+@pytest.mark.slow
+def test_resume_and_extension_are_bit_exact(digits16, tmp_path):
+    """2N steps in one go == N steps, stop, then --resume auto with a larger train.kimg; and == resuming
+    the mid-run checkpoint by path. Lazy R1, two data workers (so the worker turn is mid-rotation)."""
+    sections = dict(loss={"r1_gamma": 1.0, "r1_interval": 3}, data={"workers": 2},
+                    log={"snapshot_kimg": 0.08})  # 5 steps of 16 per snapshot
+    straight = run(tiny_config(digits16, train={"kimg": 0.16}, **sections), tmp_path / "a")
+    run(tiny_config(digits16, train={"kimg": 0.08}, **sections), tmp_path / "b")
+    extended = run(tiny_config(digits16, train={"kimg": 0.16}, **sections), tmp_path / "b", resume="auto")
+    mid = tmp_path / "a" / checkpoint.checkpoint_name(80)
+    from_path = run(tiny_config(digits16, train={"kimg": 0.16}, **sections), tmp_path / "c", resume=str(mid))
+    assert straight["step"] == extended["step"] == from_path["step"] == 10
+    final_a = checkpoint.load(straight["checkpoint"])
+    for other in (extended, from_path):
+        final = checkpoint.load(other["checkpoint"])
+        _assert_same_state(final_a, final)
+        got, want = _next_batch(final, digits16), _next_batch(final_a, digits16)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert final_a["data"]["turn"] == 0 and checkpoint.load(mid)["data"]["turn"] == 1
+
+
+def _train_params(digits16, tmp_path, micro_batch):
+    cfg = tiny_config(digits16, model={"norm": "none"}, loss={"r1_gamma": 0.5, "r1_interval": 2},
+                      train={"batch": 16, "micro_batch": micro_batch, "ema_kimg": 0.02})
+    cfg = resolve(cfg, read_manifest(digits16), 1)
+    trainer = Trainer(cfg, tmp_path, SingleEngine("cpu"))
+    for _ in range(4):
+        trainer.train_step()
+    trainer.loader.close()
+    return trainer
+
+
+def test_accumulation_equals_one_large_batch(digits16, tmp_path):
+    """micro-batch 8 x 2 accumulations == batch 16 (batch norm off: it sees per-micro-batch statistics)."""
+    big = _train_params(digits16, tmp_path / "big", 16)
+    small = _train_params(digits16, tmp_path / "small", 8)
+    assert small.accum == 2 and big.accum == 1
+    for a, b in [(big.G.raw, small.G.raw), (big.D.raw, small.D.raw), (big.G_ema, small.G_ema)]:
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.allclose(p, q, atol=2e-6, rtol=1e-5), name
+    moved = [not torch.equal(p, q) for p, q in zip(big.G_ema.parameters(), big.G.raw.parameters())]
+    assert any(moved)  # the EMA is a real average, not a copy
+
+
+def test_tensorboard_scalars_images_and_run_dir(digits16, tmp_path):
+    result = run(tiny_config(digits16, loss={"r1_gamma": 1.0, "r1_interval": 2}), tmp_path)
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("Loss/D", "Loss/G", "Loss/R1", "GradNorm/Dmain", "GradNorm/Gmain", "GradNorm/Dreg", "LR/G",
+                "LR/D", "Progress/kimg", "Timing/img_per_sec", "Timing/sec_per_kimg", "Resources/peak_mem_mb",
+                "Data/skipped"):
+        assert tag in scalars, tag
+    assert [e.step for e in acc.Scalars("Progress/kimg")] == [32, 64, 80]
+    assert acc.Scalars("Progress/kimg")[-1].value == pytest.approx(0.08)
+    images = {tag: acc.Images(tag) for tag in acc.Tags()["images"]}
+    assert set(images) == {"fakes", "reals"}
+    assert [e.step for e in images["fakes"]] == [0, 64, 80]
+    assert images["fakes"][0].width == images["fakes"][0].height == 8 * 16
+    for name in ("config.yaml", "log.txt", "stats.jsonl", "reals.png", "latest", "fakes-0000000080.png",
+                 "G_ema-0000000080.safetensors"):
+        assert (tmp_path / name).exists(), name
+    assert "tick 3" in (tmp_path / "log.txt").read_text()
+    assert result["scalars"]["Progress/kimg"] == pytest.approx(0.08)
+
+
+def test_checkpoints_keep_last_n_and_survive_damage(digits16, tmp_path, caplog):
+    cfg = tiny_config(digits16, log={"snapshot_kimg": 0.032, "keep": 2})
+    run(cfg, tmp_path)
+    kept = checkpoint.list_checkpoints(tmp_path)
+    assert [p.name for p in kept] == [checkpoint.checkpoint_name(64), checkpoint.checkpoint_name(80)]
+    assert sorted(p.name for p in tmp_path.glob("G_ema-*")) == ["G_ema-0000000064.safetensors",
+                                                              "G_ema-0000000080.safetensors"]
+    newest = kept[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])  # a torn file, as a full disk would leave
+    with pytest.raises(CheckpointError, match=newest.name) as info:
+        checkpoint.load(newest)
+    assert "\n" not in str(info.value)
+    path, state = checkpoint.load_latest(tmp_path)
+    assert path == kept[0] and state["counters"]["nimg"] == 64
+    assert "skipping damaged checkpoint" in caplog.text
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a gantrain checkpoint"):
+        checkpoint.load(foreign)
+    # Resuming continues from the intact checkpoint and the run completes.
+    result = run(tiny_config(digits16, train={"kimg": 0.112}, log={"snapshot_kimg": 0.032, "keep": 2}), tmp_path,
+                 resume="auto")
+    assert result["nimg"] == 112
+
+
+def test_fresh_run_refuses_a_run_dir_with_checkpoints(digits16, tmp_path):
+    run(tiny_config(digits16, train={"kimg": 0.016}), tmp_path)
+    with pytest.raises(Exception, match="--resume auto"):
+        run(tiny_config(digits16, train={"kimg": 0.016}), tmp_path)
+
+
+def test_cli_train_sample_and_one_line_errors(digits16, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{path: {digits16}, workers: 0}}\nmodel: {{z_dim: 16, channels: 8, conditional: true}}\n"
+                      "log: {progress: false}\n")
+    assert cli_main(["train", str(config), "train.kimg=0.032", "train.batch=16", "--run-dir", str(tmp_path / "r")]) == 0
+    ckpt = checkpoint.list_checkpoints(tmp_path / "r")[-1]
+    assert cli_main(["sample", str(ckpt), "--out", str(tmp_path / "g.png"), "--n", "20", "--cols", "10"]) == 0
+    assert Image.open(tmp_path / "g.png").size == (10 * 16, 2 * 16)
+    export = next((tmp_path / "r").glob("G_ema-*.safetensors"))
+    assert cli_main(["sample", str(export), "--out", str(tmp_path / "h.png"), "--n", "4", "--class", "3"]) == 0
+    assert Image.open(tmp_path / "h.png").size == (2 * 16, 2 * 16)
+    capsys.readouterr()
+
+    bad = [
+        (["train", str(config), "train.kimgg=1"], "train.kimgg"),
+        (["train", str(config), "--resume", str(tmp_path / "missing.pt"), "--run-dir", str(tmp_path / "x")],
+         "missing.pt"),
+        (["train", str(config), "data.path=" + str(tmp_path), "--run-dir", str(tmp_path / "y")], "manifest.json"),
+        (["sample", str(ckpt), "--out", str(tmp_path / "t.png"), "--truncation", "0.7"], "--truncation"),
+        (["pack", "nonexistent-dir", str(tmp_path / "p"), "--resolution", "8"], "nonexistent-dir"),
+    ]
+    for argv, culprit in bad:
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and culprit in err, err
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_cleanly(digits16, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{path: {digits16}, workers: 1}}\nmodel: {{z_dim: 16, channels: 8}}\n"
+                      "train: {kimg: 1000, batch: 16}\nlog: {progress: false, tick_kimg: 0.016}\n")
+    run_dir = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "gantrain", "train", str(config), "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "stats.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "received signal" in out and "--resume auto" in out
+    state = checkpoint.load(run_dir / (run_dir / "latest").read_text().strip())
+    assert 0 < state["counters"]["nimg"] < 1_000_000
