@@ -4,8 +4,12 @@
    (phases, stats, grad norms, EMA, the shard stream) and once as a hand-written loop over images
    already in memory. Runs are interleaved (A B A B ...) so machine noise hits both alike; the figure
    is the median over rounds. Ratio = gantrain time / bare time (target <= 1.02).
-2. Reader: samples/s of the webdataset shard reader (tar parse + PNG decode + label), one worker,
-   against a loop that decodes the same PNG bytes with PIL straight from memory (target >= 0.9).
+   Measured twice: with both loops fed the same decoded batches from memory (the loop's own cost),
+   and end to end, gantrain streaming from shards against a bare loop that PIL-decodes the same PNG
+   bytes in-process.
+2. Reader: samples/s of the shard reader (tar parse + decode + label + cursor) in one process against
+   a loop that decodes the same image bytes with PIL straight from memory (target >= 0.9), for tiny
+   32x32 PNGs and for 128x128 RGB JPEGs.
 
     python benchmarks/overhead.py [--rounds 7] [--steps 20] [--channels 16] [--batch 64]
 """
@@ -34,7 +38,50 @@ from gantrain.engines.single import SingleEngine
 from gantrain.train.loop import Trainer, resolve, seed_everything
 
 
-def bare_loop(spec: models.DataSpec, cfg: config_mod.Config, images: torch.Tensor):
+class InMemory:
+    """Pre-decoded batches, for measuring the loop alone (stands in for Trainer.loader)."""
+
+    def __init__(self, images: torch.Tensor, batch: int):
+        self.images, self.batch, self.position = images, batch, 0
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.position
+        self.position = (self.position + self.batch) % (len(self.images) - self.batch)
+        return self.images[start:start + self.batch], torch.zeros(self.batch, dtype=torch.int64)
+
+    def close(self) -> None:
+        pass
+
+
+class PilBatches(InMemory):
+    """What a hand-written loop does without shards: decode each PNG with PIL, stack."""
+
+    def __init__(self, blobs: list[bytes], batch: int):
+        self.blobs, self.batch, self.position = blobs, batch, 0
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.position
+        self.position = (self.position + self.batch) % (len(self.blobs) - self.batch)
+        return torch.stack([decode_png(b) for b in self.blobs[start:start + self.batch]]), \
+            torch.zeros(self.batch, dtype=torch.int64)
+
+
+def decode_png(blob: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(blob)) as image:
+        array = np.array(image, dtype=np.uint8)
+    return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+
+
+def image_blobs(manifest) -> list[bytes]:
+    blobs = []
+    for url, _ in manifest.shards:
+        with tarfile.open(url) as tar:
+            blobs += [tar.extractfile(m).read() for m in tar.getmembers()
+                      if m.name.endswith("." + manifest.image_format)]
+    return blobs
+
+
+def bare_loop(spec: models.DataSpec, cfg: config_mod.Config, batches):
     """A hand-written DCGAN step: what a user would write without gantrain."""
     seed_everything(0, cfg.run.deterministic)
     G, D = models.build(cfg.model, spec)
@@ -42,12 +89,9 @@ def bare_loop(spec: models.DataSpec, cfg: config_mod.Config, images: torch.Tenso
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr, betas=betas)
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr, betas=betas)
     batch, z_dim = cfg.train.batch, cfg.model.z_dim
-    position = 0
 
     def step() -> None:
-        nonlocal position
-        real = images[position:position + batch].float() / 127.5 - 1
-        position = (position + batch) % (len(images) - batch)
+        real = next(batches)[0].float() / 127.5 - 1
         with torch.no_grad():
             fake = G(torch.randn(batch, z_dim))
         G.requires_grad_(False)
@@ -73,6 +117,17 @@ def time_steps(step, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def interleaved(a, b, rounds: int, steps: int) -> tuple[float, float]:
+    for _ in range(3):  # warm-up: allocator, worker start-up, first-iteration kernels
+        a()
+        b()
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(time_steps(a, steps))
+        theirs.append(time_steps(b, steps))
+    return statistics.median(ours), statistics.median(theirs)
+
+
 def bench_step(data: Path, args: argparse.Namespace) -> None:
     manifest = read_manifest(data)
     cfg = config_mod.from_dict({
@@ -82,35 +137,37 @@ def bench_step(data: Path, args: argparse.Namespace) -> None:
     })
     cfg = resolve(cfg, manifest, 1)
     spec = models.DataSpec(manifest.resolution, manifest.channels, manifest.num_classes)
-    images = torch.stack([img for img, *_ in samples(manifest, seed=0, shuffle=False, infinite=False)])
+    blobs = image_blobs(manifest)
+    images = torch.stack([decode_png(b) for b in blobs])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp), SingleEngine("cpu"), manifest=manifest)
-        bare = bare_loop(spec, cfg, images)
-        for _ in range(3):  # warm-up: allocator, worker start-up, first-iteration kernels
-            trainer.train_step()
-            bare()
-        ours, theirs = [], []
-        for _ in range(args.rounds):
-            ours.append(time_steps(trainer.train_step, args.steps))
-            theirs.append(time_steps(bare, args.steps))
-        trainer.loader.close()
-    a, b = statistics.median(ours), statistics.median(theirs)
-    print(f"step  gantrain {a * 1000:7.2f} ms ({args.batch / a:6.0f} img/s)   bare {b * 1000:7.2f} ms "
-          f"({args.batch / b:6.0f} img/s)   ratio {a / b:.3f}  (target <= 1.02; workers={args.workers}, "
-          f"channels={args.channels}, batch={args.batch}, {args.rounds} rounds x {args.steps} steps)")
+        for label, ours_data, bare_data in (
+            ("loop only (both fed the same decoded batches from memory)", InMemory(images, args.batch),
+             InMemory(images, args.batch)),
+            (f"end to end (gantrain streams shards, {args.workers} workers; bare decodes PNG bytes in-process)",
+             None, PilBatches(blobs, args.batch)),
+        ):
+            trainer = Trainer(cfg, Path(tmp) / str(id(ours_data)), SingleEngine("cpu"), manifest=manifest)
+            if ours_data is not None:
+                trainer.loader.close()
+                trainer.loader = ours_data
+            a, b = interleaved(trainer.train_step, bare_loop(spec, cfg, bare_data), args.rounds, args.steps)
+            trainer.loader.close()
+            print(f"step  {label}\n      gantrain {a * 1000:7.2f} ms ({args.batch / a:5.0f} img/s)   "
+                  f"bare {b * 1000:7.2f} ms ({args.batch / b:5.0f} img/s)   ratio {a / b:.3f}  (target <= 1.02)")
+    print(f"      DCGAN channels={args.channels}, batch={args.batch}, {manifest.resolution}x{manifest.resolution}, "
+          f"{torch.get_num_threads()} torch threads, median of {args.rounds} rounds x {args.steps} steps")
 
 
 def bench_reader(data: Path, rounds: int) -> None:
     manifest = read_manifest(data)
-    blobs = []
-    for url, _ in manifest.shards:
-        with tarfile.open(url) as tar:
-            blobs += [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".png")]
+    blobs = image_blobs(manifest)
+    mode = "L" if manifest.channels == 1 else "RGB"
 
     def pil_loop() -> int:
         for blob in blobs:
             with Image.open(io.BytesIO(blob)) as image:
-                torch.from_numpy(np.asarray(image.convert("L"), dtype=np.uint8)[None].copy())
+                array = np.array(image.convert(mode), dtype=np.uint8)
+            torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
         return len(blobs)
 
     def reader() -> int:
@@ -123,8 +180,9 @@ def bench_reader(data: Path, rounds: int) -> None:
             n = fn()
             out.append(n / (time.perf_counter() - start))
     a, b = statistics.median(ours), statistics.median(theirs)
-    print(f"read  shard reader {a:8.0f} img/s   PIL loop over the same bytes {b:8.0f} img/s   ratio {a / b:.3f}  "
-          f"(target >= 0.9; one worker, {manifest.num_images} images {manifest.resolution}x{manifest.resolution})")
+    size = f"{manifest.resolution}x{manifest.resolution}x{manifest.channels} {manifest.image_format}"
+    print(f"read  {size:>16}: shard reader {a:6.0f} img/s   PIL loop over the same bytes {b:6.0f} img/s   "
+          f"ratio {a / b:.3f}  (target >= 0.9; one process)")
 
 
 def main() -> None:
@@ -142,8 +200,11 @@ def main() -> None:
         if not args.data:
             pack(open_source("mnist5k"), data, 32, progress=False)
         bench_reader(data, args.rounds)
+        # Larger images, where decoding rather than tar parsing dominates: digits as 128x128 RGB JPEG.
+        rgb = Path(tmp) / "digits-rgb"
+        pack(open_source("digits"), rgb, 128, channels=3, image_format="jpg", progress=False)
+        bench_reader(rgb, args.rounds)
         bench_step(data, args)
-
 
 if __name__ == "__main__":
     main()
