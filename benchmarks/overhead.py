@@ -206,5 +206,6 @@ def main() -> None:
         bench_reader(rgb, args.rounds)
         bench_step(data, args)
 
+
 if __name__ == "__main__":
     main()

@@ -40,6 +40,8 @@ class DataConfig:
     path: str = ""  # directory with manifest.json and the tar shards (`gantrain pack` writes it)
     workers: int = 2  # DataLoader worker processes per rank; 0 decodes in the training process
     shuffle: bool = True  # shard order per epoch and sample order within a shard
+    # epochs: every shard once per epoch, disjoint across ranks; resampled: shards drawn with replacement
+    sampling: Literal["epochs", "resampled"] = "epochs"
 
     def validate(self) -> None:
         _check(bool(self.path), "data.path", "is required (a directory written by `gantrain pack`)")

@@ -1,4 +1,5 @@
 import gzip
+import itertools
 import io
 import json
 import struct
@@ -159,3 +160,23 @@ def test_damaged_shard_keeps_the_samples_before_the_damage(digits16, tmp_path):
 def test_too_many_workers_for_the_shards_is_a_clear_error(digits16):
     with pytest.raises(DataError, match="9 shards cannot feed 1 ranks x 10 workers"):
         StreamLoader(read_manifest(digits16), batch_size=4, seed=0, num_workers=10)
+
+
+def test_resampled_stream_draws_with_replacement_and_resumes(digits16):
+    manifest = read_manifest(digits16)
+
+    def shards_in_first_epoch_worth(sampling):  # pack writes keys in order, 200 per shard
+        stream = samples(manifest, seed=1, shuffle=True, infinite=True, sampling=sampling)
+        return {int(k) // 200 for *_, k, _ in itertools.islice(stream, 1797)}
+
+    assert shards_in_first_epoch_worth("epochs") == set(range(9))
+    assert len(shards_in_first_epoch_worth("resampled")) < 9  # with replacement: some shard came twice
+    loader = StreamLoader(manifest, batch_size=50, seed=1, num_workers=2, sampling="resampled")
+    for _ in range(9):
+        next(loader)
+    state = loader.state_dict()
+    expected = [next(loader)[0] for _ in range(4)]
+    loader.close()
+    resumed = StreamLoader(manifest, batch_size=50, seed=1, num_workers=2, sampling="resampled", state=state)
+    assert all(torch.equal(next(resumed)[0], want) for want in expected)
+    resumed.close()

@@ -1,7 +1,5 @@
 """The loop end to end on real shards: exact resume, accumulation, TensorBoard, checkpoints, CLI."""
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -128,8 +126,8 @@ def test_checkpoints_keep_last_n_and_survive_damage(digits16, tmp_path, caplog):
     run(cfg, tmp_path)
     kept = checkpoint.list_checkpoints(tmp_path)
     assert [p.name for p in kept] == [checkpoint.checkpoint_name(64), checkpoint.checkpoint_name(80)]
-    assert sorted(p.name for p in tmp_path.glob("G_ema-*")) == ["G_ema-0000000064.safetensors",
-                                                              "G_ema-0000000080.safetensors"]
+    exports = sorted(p.name for p in tmp_path.glob("G_ema-*"))
+    assert exports == ["G_ema-0000000064.safetensors", "G_ema-0000000080.safetensors"]
     newest = kept[-1]
     newest.write_bytes(newest.read_bytes()[:1000])  # a torn file, as a full disk would leave
     with pytest.raises(CheckpointError, match=newest.name) as info:

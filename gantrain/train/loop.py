@@ -116,7 +116,7 @@ class Trainer:
             data_state = state["data"]
         self.loader = StreamLoader(self.manifest, batch_size=self.micro, seed=cfg.run.seed,
                                    shuffle=cfg.data.shuffle, rank=engine.rank, world_size=engine.world_size,
-                                   num_workers=cfg.data.workers, state=data_state,
+                                   num_workers=cfg.data.workers, state=data_state, sampling=cfg.data.sampling,
                                    pin_memory=self.device.type == "cuda")
         self._stop_signal: int | None = None
 
