@@ -102,8 +102,8 @@ class Monitor:
                         bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}{postfix}]")
 
     def advance(self, images: int) -> None:
-        if self.bar is not None:
-            self.bar.update(images / 1000)
+        if self.bar is not None:  # the last step may pass train.kimg by less than a batch
+            self.bar.update(min(images / 1000, self.bar.total - self.bar.n))
 
     def report(self, nimg: int, scalars: dict[str, float], device: torch.device) -> dict[str, float]:
         """Close a tick: timing figures plus SCALARS to TensorBoard, log.txt and stats.jsonl."""

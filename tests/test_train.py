@@ -196,3 +196,18 @@ def test_sigterm_checkpoints_and_exits_cleanly(digits16, tmp_path):
     assert "received signal" in out and "--resume auto" in out
     state = checkpoint.load(run_dir / (run_dir / "latest").read_text().strip())
     assert 0 < state["counters"]["nimg"] < 1_000_000
+
+
+def test_d_steps_per_g_step(digits16, tmp_path):
+    cfg = resolve(tiny_config(digits16, train={"d_steps": 3}), read_manifest(digits16), 1)
+    trainer = Trainer(cfg, tmp_path, SingleEngine("cpu"))
+    changed = []
+    for _ in range(6):
+        g_before = [p.clone() for p in trainer.G.raw.parameters()]
+        d_before = [p.clone() for p in trainer.D.raw.parameters()]
+        trainer.train_step()
+        changed.append((any(not torch.equal(a, b) for a, b in zip(g_before, trainer.G.raw.parameters())),
+                        any(not torch.equal(a, b) for a, b in zip(d_before, trainer.D.raw.parameters()))))
+    trainer.loader.close()
+    assert changed == [(False, True), (False, True), (True, True)] * 2
+    assert trainer.g_step == 2 and trainer.nimg == 6 * 16

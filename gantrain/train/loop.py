@@ -274,6 +274,9 @@ class Trainer:
         monitor.image("reals", grid, self.nimg)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        """First SIGTERM/SIGINT: finish the step, checkpoint, stop. A second SIGINT aborts at once."""
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self._stop_signal = signum
 
     def train(self) -> dict[str, Any]:
@@ -282,7 +285,7 @@ class Trainer:
         monitor = Monitor(self.run_dir, cfg.to_dict(), enabled=self.engine.is_main, total_nimg=total,
                           start_nimg=self.nimg, progress=cfg.log.progress)
         units = {k: max(round(getattr(cfg.log, k) * 1000), 1) for k in ("tick_kimg", "image_kimg", "snapshot_kimg")}
-        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         scalars: dict[str, float] = {}
         last_snapshot = None
         try:
@@ -313,7 +316,8 @@ class Trainer:
                             self.nimg / 1000)
                 last_snapshot = self.snapshot()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             monitor.close()
             self.loader.close()
         return {"nimg": self.nimg, "step": self.step, "scalars": scalars, "checkpoint": last_snapshot,

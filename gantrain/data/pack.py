@@ -1,0 +1,147 @@
+"""Sources -> WebDataset tar shards + manifest.json.
+
+Samples are written in a seeded random order, so every shard is a fair mix of classes and the reader
+only has to shuffle shards and the samples within a shard. Each shard and the manifest are written
+atomically; the manifest comes last, so a directory with a manifest is always complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+from tqdm import tqdm
+
+from gantrain.atomic import atomic_open, atomic_write
+from gantrain.data.sources import Source
+
+MANIFEST = "manifest.json"
+FORMAT = "gantrain-shards/1"
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+log = logging.getLogger(__name__)
+
+
+class PackError(ValueError):
+    pass
+
+
+def _square(image: Image.Image, resolution: int, mode: str) -> Image.Image:
+    """Centre-crop to a square, resize to RESOLUTION (Lanczos) and convert to MODE."""
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        image = background
+    image = image.convert(mode)
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side != resolution:
+        image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    return image
+
+
+def _encode(image: Image.Image, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    if image_format == "png":
+        image.save(buffer, format="PNG")
+    else:
+        image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _guess_channels(source: Source, probe: int = 16) -> int:
+    for i in range(min(probe, len(source))):
+        try:
+            if source.loader(i).mode not in GRAY_MODES:
+                return 3
+        except Exception:  # unreadable items are dealt with (and counted) while packing
+            continue
+    return 1
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: int = 1000,
+         image_format: str = "png", channels: int | None = None, seed: int = 0, force: bool = False,
+         progress: bool = True) -> dict[str, Any]:
+    """Write SOURCE as shards of SHARD_SIZE samples at RESOLUTION x RESOLUTION; return the manifest."""
+    if resolution < 4 or resolution & (resolution - 1):
+        raise PackError(f"--resolution must be a power of two >= 4 (got {resolution})")
+    if shard_size < 1:
+        raise PackError(f"--shard-size must be >= 1 (got {shard_size})")
+    if image_format not in ("png", "jpg"):
+        raise PackError(f"--format must be png or jpg (got {image_format})")
+    out_dir = Path(out_dir)
+    if (out_dir / MANIFEST).exists() and not force:
+        raise PackError(f"{out_dir / MANIFEST} already exists; pass --force to overwrite")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    channels = channels or _guess_channels(source)
+    if channels not in (1, 3):
+        raise PackError(f"--channels must be 1 or 3 (got {channels})")
+    mode = "L" if channels == 1 else "RGB"
+
+    order = np.random.default_rng(seed).permutation(len(source))
+    skipped: list[str] = []
+
+    def samples() -> Iterator[dict[str, Any]]:
+        written = 0
+        for index in tqdm(order, desc=f"pack {source.description}", unit="img", disable=not progress):
+            try:
+                image = _square(source.loader(int(index)), resolution, mode)
+            except Exception as exc:  # a bad item must never stop a pack of a million images
+                skipped.append(f"{source.names[index]}: {type(exc).__name__}: {exc}")
+                continue
+            yield {"__key__": f"{written:09d}", image_format: _encode(image, image_format),
+                   "cls": int(source.labels[index])}
+            written += 1
+
+    shards: list[dict[str, Any]] = []
+    stream = samples()
+    while (first := next(stream, None)) is not None:
+        name = f"shard-{len(shards):06d}.tar"
+        count = 0
+        with atomic_open(out_dir / name, "wb") as f, wds.TarWriter(f, mtime=0) as writer:
+            for sample in itertools.chain([first], itertools.islice(stream, shard_size - 1)):
+                writer.write(sample)
+                count += 1
+        shards.append({"name": name, "count": count, "sha256": _sha256(out_dir / name)})
+    written = sum(s["count"] for s in shards)
+
+    if written == 0:
+        raise PackError(f"{source.description}: no readable images ({len(skipped)} skipped; first: "
+                        f"{skipped[0] if skipped else 'none'})")
+    for reason in skipped[:5]:
+        log.warning("skipped unreadable image %s", reason)
+    manifest = {
+        "format": FORMAT,
+        "source": source.description,
+        "num_images": written,
+        "resolution": resolution,
+        "channels": channels,
+        "image_format": image_format,
+        "num_classes": len(source.class_names),
+        "class_names": source.class_names,
+        "seed": seed,
+        "skipped": {"count": len(skipped), "examples": skipped[:20]},
+        "shards": shards,
+    }
+    atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest

@@ -1,0 +1,300 @@
+"""Streaming reader over the packed shards, with a cursor that makes the stream resumable.
+
+Where shards are split across ranks and workers: `worker_shards`. For epoch e the shard list is
+permuted with (seed, e), identically on every rank; rank r takes every world_size-th shard and worker
+w of that rank every num_workers-th of those. Within a shard, samples are visited in a seeded
+permutation. The training stream is these epochs back to back, forever. (data.sampling=resampled
+instead draws shards with replacement per (rank, worker), webdataset's ResampledShards.)
+
+The stream of one (rank, worker) is therefore a pure function of its cursor (epoch, shard position,
+sample position), which is all a checkpoint needs. The DataLoader hands batches out round-robin over
+its workers; the loader remembers whose turn is next and, on resume, relabels the workers so that the
+same worker goes first. Tar parsing is webdataset's; decoding is ours and touches only the image and
+the class label (never a pickle), and a sample that fails to decode is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from gantrain.data.pack import FORMAT, MANIFEST
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    num_images: int
+    resolution: int
+    channels: int
+    num_classes: int
+    class_names: list[str]
+    image_format: str
+    shards: list[tuple[str, int]]  # (path, sample count)
+    digest: str  # sha256 of manifest.json: identifies the dataset for caches
+
+    @property
+    def urls(self) -> list[str]:
+        return [url for url, _ in self.shards]
+
+
+def read_manifest(root: str | Path) -> Manifest:
+    root = Path(root)
+    path = root / MANIFEST
+    try:
+        raw = path.read_bytes()
+        data = json.loads(raw)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; write shards with `gantrain pack SOURCE {root} --resolution R`")\
+            from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if data.get("format") != FORMAT:
+        raise DataError(f"{path}: unknown format {data.get('format')!r} (expected {FORMAT})")
+    shards = []
+    for entry in data["shards"]:
+        shard = root / entry["name"]
+        if not shard.exists():
+            raise DataError(f"{path}: lists shard {entry['name']}, which is missing")
+        shards.append((str(shard), int(entry["count"])))
+    return Manifest(root, int(data["num_images"]), int(data["resolution"]), int(data["channels"]),
+                    int(data["num_classes"]), list(data["class_names"]), data["image_format"], shards,
+                    hashlib.sha256(raw).hexdigest())
+
+
+@dataclass
+class Cursor:
+    """Position of one (rank, worker) stream: the next raw sample is shard `shard` of the epoch's list,
+    position `sample` in that shard's visiting order. `skipped` counts corrupt samples passed over."""
+
+    epoch: int = 0
+    shard: int = 0
+    sample: int = 0
+    skipped: int = 0
+
+
+def worker_shards(num_shards: int, epoch: int, *, seed: int, shuffle: bool, rank: int, world_size: int,
+                  worker: int, num_workers: int) -> list[int]:
+    """Shard indices that (rank, worker) reads in EPOCH: split by node first, then by worker."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_shards) if shuffle else np.arange(num_shards)
+    return order[rank::world_size][worker::num_workers].tolist()
+
+
+def check_split(manifest: Manifest, world_size: int, num_workers: int) -> None:
+    """An infinite stream needs a shard for every (rank, worker), or some worker would spin on nothing."""
+    if len(manifest.shards) < world_size * num_workers:
+        raise DataError(f"{manifest.root}: {len(manifest.shards)} shards cannot feed {world_size} ranks x "
+                        f"{num_workers} workers; lower data.workers or repack with a smaller --shard-size")
+
+
+def _decode(sample: dict[str, Any], manifest: Manifest) -> tuple[torch.Tensor, int]:
+    """Image and label only; anything else in the sample is ignored, never unpickled."""
+    data = sample.get(manifest.image_format)
+    if data is None:
+        raise ValueError(f"no .{manifest.image_format} member")
+    image = Image.open(io.BytesIO(data))
+    if image.size != (manifest.resolution, manifest.resolution):
+        raise ValueError(f"size {image.size}, manifest says {manifest.resolution}")
+    mode = "L" if manifest.channels == 1 else "RGB"
+    if image.mode != mode:
+        image = image.convert(mode)
+    label = int(sample["cls"]) if "cls" in sample else 0
+    if not 0 <= label < max(manifest.num_classes, 1):
+        raise ValueError(f"label {label} outside 0..{manifest.num_classes - 1}")
+    array = np.array(image, dtype=np.uint8)  # decodes; one copy, writable
+    return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), label
+
+
+def _raw_samples(url: str, errors: list[str]) -> list[dict[str, Any]]:
+    """All samples of one shard as raw bytes; a torn tar yields what could be read."""
+
+    def handler(exc: Exception) -> bool:
+        errors.append(f"{url}: {type(exc).__name__}: {exc}")
+        return False  # stop reading this shard; the samples before the damage are kept
+
+    return list(wds.tarfile_samples([{"url": url}], handler=handler))
+
+
+def _shard_order(num_shards: int, cur: Cursor, *, sampling: str, infinite: bool, seed: int, shuffle: bool,
+                 rank: int, world_size: int, worker: int, num_workers: int) -> Iterator[int]:
+    """Shard indices from the cursor on; advances cur.epoch / cur.shard as it goes."""
+    if sampling == "resampled":
+        # With replacement, independently per (rank, worker), as webdataset's ResampledShards draws them;
+        # the cursor counts draws, and a restart replays (cheaply) that many draws.
+        draws = iter(wds.ResampledShards([str(i) for i in range(num_shards)], seed=seed, deterministic=True,
+                                         worker_seed=lambda: rank * 65536 + worker))
+        for _ in range(cur.shard):
+            next(draws)
+        for draw in draws:
+            yield int(draw["url"])
+            cur.shard += 1
+            cur.sample = 0
+        return
+    split = dict(seed=seed, shuffle=shuffle, rank=rank, world_size=world_size, worker=worker,
+                 num_workers=num_workers)
+    while True:
+        shards = worker_shards(num_shards, cur.epoch, **split)
+        while cur.shard < len(shards):
+            yield shards[cur.shard]
+            cur.shard += 1
+            cur.sample = 0
+        if not infinite:
+            return
+        cur.epoch += 1
+        cur.shard = 0
+
+
+def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, rank: int = 0,
+            world_size: int = 1, worker: int = 0, num_workers: int = 1, cursor: Cursor | None = None,
+            sampling: str = "epochs") -> Iterator[tuple[torch.Tensor, int, str, Cursor]]:
+    """Decoded (image uint8 CxHxW, label, key, cursor after it) for one (rank, worker).
+
+    sampling="epochs": every shard once per epoch, split across ranks and workers, reshuffled per epoch;
+    sampling="resampled": shards drawn with replacement (ranks may overlap; needs infinite=True).
+    """
+    cur = dataclasses.replace(cursor) if cursor else Cursor()
+    if infinite and sampling == "epochs":
+        check_split(manifest, world_size, num_workers)
+    order = _shard_order(len(manifest.shards), cur, sampling=sampling, infinite=infinite, seed=seed,
+                         shuffle=shuffle, rank=rank, world_size=world_size, worker=worker, num_workers=num_workers)
+    for index in order:
+        errors: list[str] = []
+        raw = _raw_samples(manifest.shards[index][0], errors)
+        for message in errors:
+            log.warning("damaged shard, read %d samples before: %s", len(raw), message)
+        visit = np.random.default_rng([seed, cur.epoch, cur.shard, index]).permutation(len(raw)) if shuffle \
+            else np.arange(len(raw))
+        while cur.sample < len(raw):
+            sample = raw[visit[cur.sample]]
+            cur.sample += 1
+            try:
+                image, label = _decode(sample, manifest)
+            except Exception as exc:  # corrupt sample: skip and count, never stall the stream
+                cur.skipped += 1
+                if cur.skipped <= 10:
+                    log.warning("skipped corrupt sample %s in %s: %s", sample.get("__key__"),
+                                manifest.shards[index][0], exc)
+                continue
+            yield image, label, sample["__key__"], dataclasses.replace(cur)
+
+
+class ShardStream(IterableDataset):
+    """Batches for one rank; each DataLoader worker plays one logical worker of the cursor."""
+
+    def __init__(self, manifest: Manifest, *, batch_size: int, seed: int, shuffle: bool, infinite: bool,
+                 rank: int, world_size: int, num_workers: int, cursors: list[Cursor], first_worker: int = 0,
+                 sampling: str = "epochs"):
+        self.manifest, self.batch_size, self.seed, self.sampling = manifest, batch_size, seed, sampling
+        self.shuffle, self.infinite = shuffle, infinite
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.cursors, self.first_worker = cursors, first_worker
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = ((info.id if info else 0) + self.first_worker) % self.num_workers
+        stream = samples(self.manifest, seed=self.seed, shuffle=self.shuffle, infinite=self.infinite,
+                         rank=self.rank, world_size=self.world_size, worker=worker,
+                         num_workers=self.num_workers, cursor=self.cursors[worker], sampling=self.sampling)
+        batch: list[tuple[torch.Tensor, int, str, Cursor]] = []
+        for item in stream:
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield self._collate(batch, worker)
+                batch = []
+        if batch:
+            yield self._collate(batch, worker)
+
+    @staticmethod
+    def _collate(batch: list, worker: int) -> dict[str, Any]:
+        images, labels, keys, cursors = zip(*batch)
+        return {"images": torch.stack(images), "labels": torch.tensor(labels, dtype=torch.int64),
+                "keys": list(keys), "worker": worker, "cursor": dataclasses.astuple(cursors[-1])}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding is per-sample work; threads would only fight the trainer
+
+
+class StreamLoader:
+    """Infinite training batches for one rank, with `state_dict()` for exact resume.
+
+    Exact for the same world size and data.workers; with other values the stream restarts at the next
+    epoch (logged), since the split of shards differs.
+    """
+
+    def __init__(self, manifest: Manifest, *, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, state: dict[str, Any] | None = None,
+                 pin_memory: bool = False, sampling: str = "epochs"):
+        self.manifest, self.seed, self.shuffle, self.sampling = manifest, seed, shuffle, sampling
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.logical = max(num_workers, 1)
+        self.cursors = [Cursor() for _ in range(self.logical)]
+        self.turn = 0
+        if state is not None:
+            self._restore(state)
+        dataset = ShardStream(manifest, batch_size=batch_size, seed=seed, shuffle=shuffle, infinite=True,
+                              rank=rank, world_size=world_size, num_workers=self.logical,
+                              cursors=[dataclasses.replace(c) for c in self.cursors], first_worker=self.turn,
+                              sampling=sampling)
+        if sampling == "epochs":
+            check_split(manifest, world_size, self.logical)  # before forking workers, for a clear error
+        self._loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                                  worker_init_fn=_worker_init if num_workers else None,
+                                  persistent_workers=False)
+        self._iter = iter(self._loader)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        layout = ("world_size", "rank", "seed", "shuffle", "sampling")
+        same = len(state["cursors"]) == self.logical and \
+            all(state.get(key) == getattr(self, key) for key in layout)
+        if same:
+            self.cursors = [Cursor(*c) for c in state["cursors"]]
+            self.turn = int(state["turn"])
+            return
+        epoch = max(c[0] for c in state["cursors"]) + 1
+        log.warning("data stream layout changed since the checkpoint (world size, data.workers, seed, "
+                    "shuffle or sampling); restarting the stream at epoch %d, so the sample order is not exact", epoch)
+        self.cursors = [Cursor(epoch=epoch) for _ in range(self.logical)]
+
+    def __iter__(self) -> StreamLoader:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = next(self._iter)
+        if batch["worker"] != self.turn:
+            raise RuntimeError(f"data worker {batch['worker']} answered out of turn (expected {self.turn})")
+        self.cursors[self.turn] = Cursor(*batch["cursor"])
+        self.turn = (self.turn + 1) % self.logical
+        self.last_keys = batch["keys"]
+        return batch["images"], batch["labels"]
+
+    @property
+    def skipped(self) -> int:
+        return sum(c.skipped for c in self.cursors)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"world_size": self.world_size, "rank": self.rank, "seed": self.seed, "shuffle": self.shuffle,
+                "sampling": self.sampling, "turn": self.turn, "cursors": [list(dataclasses.astuple(c)) for c in self.cursors]}
+
+    def close(self) -> None:
+        del self._iter
+        del self._loader
