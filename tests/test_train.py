@@ -109,6 +109,8 @@ def test_tensorboard_scalars_images_and_run_dir(digits16, tmp_path):
                 "Data/skipped"):
         assert tag in scalars, tag
     assert [e.step for e in acc.Scalars("Progress/kimg")] == [32, 64, 80]
+    hparams = acc.PluginTagToContent("hparams")
+    assert b"train.batch" in hparams["_hparams_/session_start_info"]  # the config as hparams
     assert acc.Scalars("Progress/kimg")[-1].value == pytest.approx(0.08)
     images = {tag: acc.Images(tag) for tag in acc.Tags()["images"]}
     assert set(images) == {"fakes", "reals"}
