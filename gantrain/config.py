@@ -147,8 +147,12 @@ class LogConfig:
 
 @dataclass
 class EngineConfig:
-    name: Literal["single"] = "single"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    name: Literal["single", "ddp"] = "single"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (ddp: each rank takes cuda:LOCAL_RANK)
+    # Forward passes under autocast; parameters, optimizer state, loss reductions and EMA stay fp32.
+    # fp16 adds a dynamic loss scaler per network.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    sync_batchnorm: bool = False  # ddp: batch-norm statistics over all ranks (CUDA only)
 
     def validate(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "engine.device",

@@ -19,7 +19,10 @@ def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits)
 
 
-def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
-    """||grad_x D(x)||^2 on real images (Mescheder et al. 2018); REAL_IMAGES must require grad."""
-    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
-    return grad.square().flatten(1).sum(1)
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """||grad_x D(x)||^2 on real images (Mescheder et al. 2018); REAL_IMAGES must require grad.
+
+    SCALE is the fp16 loss scale: the input gradient is taken of the scaled sum (so small gradients
+    survive fp16) and divided back before squaring, as in PyTorch's AMP gradient-penalty recipe."""
+    (grad,) = torch.autograd.grad(real_logits.sum() * scale, real_images, create_graph=True)
+    return (grad.float() / scale).square().flatten(1).sum(1)

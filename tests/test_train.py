@@ -49,7 +49,7 @@ def _assert_equal_tree(a, b, where):
 
 def _next_batch(state: dict, data: Path):
     loader = StreamLoader(read_manifest(data), batch_size=16, seed=state["config"]["run"]["seed"],
-                          num_workers=state["config"]["data"]["workers"], state=state["data"])
+                          num_workers=state["config"]["data"]["workers"], state=state["data"][0])
     batch = next(loader)
     loader.close()
     return batch
@@ -73,7 +73,7 @@ def test_resume_and_extension_are_bit_exact(digits16, tmp_path):
         _assert_same_state(final_a, final)
         got, want = _next_batch(final, digits16), _next_batch(final_a, digits16)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    assert final_a["data"]["turn"] == 0 and checkpoint.load(mid)["data"]["turn"] == 1
+    assert final_a["data"][0]["turn"] == 0 and checkpoint.load(mid)["data"][0]["turn"] == 1
 
 
 def _train_params(digits16, tmp_path, micro_batch):
@@ -195,7 +195,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(digits16, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    assert "received signal" in out and "--resume auto" in out
+    assert "stop requested" in out and "--resume auto" in out
     state = checkpoint.load(run_dir / (run_dir / "latest").read_text().strip())
     assert 0 < state["counters"]["nimg"] < 1_000_000
 

@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
-from gantrain.engines.base import Engine, Net
+from gantrain.engines.base import Engine, Net, OptimizerFactory
 
 
-class SingleNet(Net):
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer):
-        self.module = self.raw = module
-        self.optimizer = optimizer
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def step(self) -> None:
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def no_sync(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
+def pick_device(device: str, local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    return torch.device(device)
 
 
 class SingleEngine(Engine):
-    def __init__(self, device: str = "auto"):
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+    def __init__(self, device: str = "auto", precision: str = "fp32"):
+        self.device = pick_device(device)
+        self.precision = precision
 
-    def setup(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> Net:
-        return SingleNet(module.to(self.device), optimizer)
-
-    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
+    def setup(self, module: nn.Module, make_optimizer: OptimizerFactory) -> Net:
+        module = module.to(self.device)
+        return Net(module, module, make_optimizer(module.parameters()), self._scaler())

@@ -88,17 +88,16 @@ class Trainer:
 
         seed_everything(cfg.run.seed, cfg.run.deterministic)  # same initial weights on every rank
         G, D = models.build(cfg.model, self.spec)
-        G, D = G.to(self.device), D.to(self.device)
-        self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        self.G_ema = copy.deepcopy(G).to(self.device).eval().requires_grad_(False)
         o = cfg.optim
         self.lazy_r1 = cfg.loss.r1_gamma > 0 and cfg.loss.r1_interval > 1
         # Lazy regularization: the reg phase runs every k steps, so lr and betas are scaled to keep the
         # optimizer's effective time constants (StyleGAN2, appendix B).
         ratio = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if self.lazy_r1 else 1.0
-        opt_G = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=tuple(o.betas), eps=o.eps)
-        opt_D = torch.optim.Adam(D.parameters(), lr=o.d_lr * ratio, betas=tuple(b ** ratio for b in o.betas),
-                                 eps=o.eps)
-        self.G, self.D = engine.setup(G, opt_G), engine.setup(D, opt_D)
+        self.G = engine.setup(G, lambda params: torch.optim.Adam(params, lr=o.g_lr, betas=tuple(o.betas),
+                                                                 eps=o.eps))
+        self.D = engine.setup(D, lambda params: torch.optim.Adam(
+            params, lr=o.d_lr * ratio, betas=tuple(b ** ratio for b in o.betas), eps=o.eps))
 
         self.phases = [Phase("Dmain", self.D, 1, self._d_main)]
         if self.lazy_r1:
@@ -107,13 +106,16 @@ class Trainer:
 
         self.nimg = self.step = self.g_step = 0
         self.elapsed = 0.0
-        self.gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.run.seed, engine.rank])
-                                                     .generate_state(1)[0]))
+        # One latent generator, identical on every rank: each step draws the whole global batch and a
+        # rank takes its slice, so training randomness does not depend on the world size.
+        self.gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.run.seed, 1]).generate_state(1)[0]))
         self.stats = Stats()
         data_state = None
         if state is not None:
             self._restore(state)
-            data_state = state["data"]
+            ranks = state["data"]
+            # Another world size: the loader sees a foreign layout and restarts at the next epoch (logged).
+            data_state = ranks[engine.rank] if len(ranks) == engine.world_size else ranks[0]
         self.loader = StreamLoader(self.manifest, batch_size=self.micro, seed=cfg.run.seed,
                                    shuffle=cfg.data.shuffle, rank=engine.rank, world_size=engine.world_size,
                                    num_workers=cfg.data.workers, state=data_state, sampling=cfg.data.sampling,
@@ -121,56 +123,63 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ---- phases -----------------------------------------------------------------------------------
-    def _fake_labels(self, n: int) -> torch.Tensor | None:
-        if not self.G.raw.num_classes:
-            return None
-        return torch.randint(self.G.raw.num_classes, (n,), generator=self.gen).to(self.device)
-
+    # Each loss runs under the engine's autocast. The network being trained is called through
+    # `.module` (the engine's wrapper, which reduces gradients); the frozen one through `.raw`, so no
+    # gradient of it is computed or synchronized. Logits are cast to fp32 before any reduction.
     def _d_main(self, real, real_c, z, c) -> torch.Tensor:
         with torch.no_grad():
-            fake = self.G.module(z, c)
+            fake = self.G.raw(z, c)
         r1_now = self.cfg.loss.r1_gamma > 0 and not self.lazy_r1
         if r1_now:
             real = real.detach().requires_grad_(True)
-        real_logits = self.D.module(real, real_c)
-        fake_logits = self.D.module(fake, c)
+        real_logits = self.D.module(real, real_c).float()
+        fake_logits = self.D.module(fake, c).float()
         loss = losses.d_logistic_loss(real_logits, fake_logits).mean()
         self.stats.add("Loss/D", loss)
         self.stats.add("Logits/real", real_logits)
         self.stats.add("Logits/fake", fake_logits)
         if r1_now:
-            penalty = losses.r1_penalty(real_logits, real)
+            penalty = losses.r1_penalty(real_logits, real, self.D.loss_scale())
             self.stats.add("Loss/R1", penalty)
             loss = loss + penalty.mean() * (self.cfg.loss.r1_gamma / 2)
         return loss
 
     def _d_reg(self, real, real_c, z, c) -> torch.Tensor:
         real = real.detach().requires_grad_(True)
-        penalty = losses.r1_penalty(self.D.module(real, real_c), real)
+        penalty = losses.r1_penalty(self.D.module(real, real_c).float(), real, self.D.loss_scale())
         self.stats.add("Loss/R1", penalty)
         return penalty.mean() * (self.cfg.loss.r1_gamma / 2 * self.cfg.loss.r1_interval)
 
     def _g_main(self, real, real_c, z, c) -> torch.Tensor:
-        loss = losses.g_nonsaturating_loss(self.D.module(self.G.module(z, c), c)).mean()
+        loss = losses.g_nonsaturating_loss(self.D.raw(self.G.module(z, c), c).float()).mean()
         self.stats.add("Loss/G", loss)
         return loss
 
-    def _run_phase(self, phase: Phase, reals: list[torch.Tensor], labels: list[torch.Tensor]) -> None:
+    def _latents(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...]]:
+        """This rank's slice of latents (and fake labels) drawn for the whole global batch, split into
+        micro-batches: accumulation and data parallelism see exactly what one large batch would."""
+        batch, per_rank = self.cfg.train.batch, self.micro * self.accum
+        mine = slice(self.engine.rank * per_rank, (self.engine.rank + 1) * per_rank)
+        z = torch.randn(batch, self.G.raw.z_dim, generator=self.gen)[mine].to(self.device)
+        if not self.G.raw.num_classes:
+            return z.split(self.micro), (None,) * self.accum
+        c = torch.randint(self.G.raw.num_classes, (batch,), generator=self.gen)[mine].to(self.device)
+        return z.split(self.micro), c.split(self.micro)
+
+    def _run_phase(self, phase: Phase, reals: list[torch.Tensor], labels: list[torch.Tensor]) -> bool:
         for net in (self.G, self.D):  # a frozen D in the G phase keeps G's gradients out of D
             net.raw.requires_grad_(net is phase.net)
-        per_rank = self.micro * self.accum
-        # Latents for the whole per-rank batch at once, then split: accumulation then sees exactly the
-        # latents one large batch would.
-        z = torch.randn(per_rank, self.G.raw.z_dim, generator=self.gen).to(self.device)
-        c = self._fake_labels(per_rank)
-        zs = z.split(self.micro)
-        cs = c.split(self.micro) if c is not None else [None] * self.accum
+        zs, cs = self._latents()
         for i in range(self.accum):
             sync = contextlib.nullcontext() if i == self.accum - 1 else phase.net.no_sync()
             with sync:
-                phase.net.backward(phase.loss(reals[i], labels[i], zs[i], cs[i]) / self.accum)
-        self.stats.add(f"GradNorm/{phase.name}", phase.net.grad_norm())
-        phase.net.step()
+                with self.engine.autocast():
+                    loss = phase.loss(reals[i], labels[i], zs[i], cs[i])
+                phase.net.backward(loss / self.accum)
+        applied, norm = phase.net.step()
+        self.stats.add(f"GradNorm/{phase.name}", norm)
+        self.stats.add(f"Skipped/{phase.name}", torch.tensor(0.0 if applied else 1.0))
+        return applied
 
     def _real_batch(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         reals, labels = [], []
@@ -185,18 +194,21 @@ class Trainer:
 
     def train_step(self) -> None:
         reals, labels = self._real_batch()
+        g_applied = True
         for phase in self.phases:
             is_g = phase.net is self.G
             if is_g and (self.step + 1) % self.cfg.train.d_steps:
                 continue
             if (self.g_step if is_g else self.step) % phase.interval:
                 continue
-            self._run_phase(phase, reals, labels)
+            applied = self._run_phase(phase, reals, labels)
+            g_applied = g_applied and (applied or not is_g)
         if (self.step + 1) % self.cfg.train.d_steps == 0:
             self.g_step += 1
         batch = self.cfg.train.batch
-        update_ema(self.G_ema, self.G.raw, ema_beta(batch, self.nimg, self.cfg.train.ema_kimg,
-                                                    self.cfg.train.ema_rampup))
+        if g_applied:  # a G step skipped for fp16 overflow leaves G_ema alone too
+            update_ema(self.G_ema, self.G.raw, ema_beta(batch, self.nimg, self.cfg.train.ema_kimg,
+                                                        self.cfg.train.ema_rampup))
         self.nimg += batch
         self.step += 1
 
@@ -220,7 +232,7 @@ class Trainer:
                           "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
                 "python": random.getstate(),
             },
-            "data": self.loader.state_dict(),
+            "data": self.engine.gather(self.loader.state_dict()),  # one cursor per rank
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -241,10 +253,12 @@ class Trainer:
         random.setstate(rng["python"])
 
     def snapshot(self) -> Path | None:
+        """Collective (every rank contributes its data cursor); rank 0 writes."""
+        state = self.state_dict()
         if not self.engine.is_main:
             return None
         meta = {"config": self.cfg.to_dict(), "spec": dataclasses.asdict(self.spec), "nimg": self.nimg}
-        path = checkpoint.save(self.run_dir, self.state_dict(), self.nimg, self.cfg.log.keep,
+        path = checkpoint.save(self.run_dir, state, self.nimg, self.cfg.log.keep,
                                self.G_ema.state_dict(), meta)
         log.info("checkpoint %s", path)
         return path
@@ -292,7 +306,7 @@ class Trainer:
             if self.nimg == 0:
                 self._reals_grid(monitor)
                 self._grid(monitor)
-            while self.nimg < total and self._stop_signal is None:
+            while self.nimg < total and not self.engine.any(self._stop_signal is not None):
                 start, before = time.perf_counter(), self.nimg
                 self.train_step()
                 self.elapsed += time.perf_counter() - start
@@ -311,8 +325,8 @@ class Trainer:
                     self._grid(monitor)
                 if due("snapshot_kimg"):
                     last_snapshot = self.snapshot()
-            if self._stop_signal is not None and self.nimg < total:
-                log.warning("received signal %d at kimg %.2f: checkpointing and stopping", self._stop_signal,
+            if self.nimg < total:  # stopped by a signal on some rank
+                log.warning("stop requested (signal %s) at kimg %.2f: checkpointing and stopping", self._stop_signal,
                             self.nimg / 1000)
                 last_snapshot = self.snapshot()
         finally:
@@ -321,7 +335,7 @@ class Trainer:
             monitor.close()
             self.loader.close()
         return {"nimg": self.nimg, "step": self.step, "scalars": scalars, "checkpoint": last_snapshot,
-                "interrupted": self._stop_signal is not None}
+                "interrupted": self.nimg < total}
 
 
 def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
