@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,11 +27,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    if args.nproc > 1 and "RANK" not in os.environ:
+        if cfg.engine.name == "single":
+            raise config_mod.ConfigError("engine.name", f"--nproc {args.nproc} needs a distributed engine "
+                                         "(engine.name=ddp)")
+        return launch_local(args, run_dir)
     result = run(cfg, run_dir, resume=args.resume)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return 0
     print(f"run dir: {run_dir}  kimg: {result['nimg'] / 1000:.2f}  checkpoint: {result['checkpoint']}")
     if result["interrupted"]:
         print("stopped by signal after checkpointing; continue with --resume auto")
     return 0
+
+
+def launch_local(args: argparse.Namespace, run_dir: Path) -> int:
+    """N ranks on this machine through torchrun itself (rendezvous on localhost); non-zero if any fails."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               "-m", "gantrain", "train", args.config, *args.overrides, "--run-dir", str(run_dir)]
+    if args.resume:
+        command += ["--resume", args.resume]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // args.nproc, 1)))
+    return subprocess.call(command, env=env)
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -97,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.kimg=2 model.channels=64")
     p.add_argument("--run-dir", help="where checkpoints, logs and TensorBoard go (default runs/<config name>)")
     p.add_argument("--resume", help="'auto' (latest checkpoint of the run dir, if any) or a checkpoint path")
+    p.add_argument("--nproc", type=int, default=1, help="start N local ranks (via torchrun); needs engine.name=ddp")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pack", help="write WebDataset shards and a manifest from an image source")

@@ -146,9 +146,12 @@ class Trainer:
 
     def _d_reg(self, real, real_c, z, c) -> torch.Tensor:
         real = real.detach().requires_grad_(True)
-        penalty = losses.r1_penalty(self.D.module(real, real_c).float(), real, self.D.loss_scale())
+        logits = self.D.module(real, real_c).float()
+        penalty = losses.r1_penalty(logits, real, self.D.loss_scale())
         self.stats.add("Loss/R1", penalty)
-        return penalty.mean() * (self.cfg.loss.r1_gamma / 2 * self.cfg.loss.r1_interval)
+        # logits * 0: the last layer's bias has no part in the input gradient, and a parameter outside
+        # the graph would leave a data-parallel gradient reduction waiting for it.
+        return penalty.mean() * (self.cfg.loss.r1_gamma / 2 * self.cfg.loss.r1_interval) + logits.mean() * 0
 
     def _g_main(self, real, real_c, z, c) -> torch.Tensor:
         loss = losses.g_nonsaturating_loss(self.D.raw(self.G.module(z, c), c).float()).mean()

@@ -1,0 +1,74 @@
+"""Run K training steps on a fixed sequence of global batches; run by the distributed tests via torchrun.
+
+Every rank takes its slice of each global batch, as a data-parallel job over the same data would, so
+any world size x accumulation split must reproduce the single-process result.
+
+    python -m torch.distributed.run --nproc-per-node W tests/ddp_worker.py DATA OUT ENGINE MICRO STEPS [k=v ...]
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import tiny_config
+from gantrain.data.stream import read_manifest, samples
+from gantrain.engines import make_engine
+from gantrain.train.loop import Trainer, resolve
+
+
+class GlobalBatches:
+    def __init__(self, data: Path, batch: int, micro: int, rank: int, world: int):
+        items = list(samples(read_manifest(data), seed=0, shuffle=False, infinite=False))
+        self.images = torch.stack([item[0] for item in items])
+        self.labels = torch.tensor([item[1] for item in items])
+        self.batch, self.micro, self.rank, self.world = batch, micro, rank, world
+        self.step = self.index = 0
+
+    def __next__(self):
+        per_rank = self.batch // self.world
+        start = self.step * self.batch + self.rank * per_rank + self.index * self.micro
+        self.index += 1
+        if self.index == per_rank // self.micro:
+            self.step, self.index = self.step + 1, 0
+        return self.images[start:start + self.micro], self.labels[start:start + self.micro]
+
+    def close(self):
+        pass
+
+
+def main() -> None:
+    data, out, engine_name, micro, steps, *extra = sys.argv[1:]
+    sections = {"engine": {"name": engine_name, "device": "cpu"},
+                "model": {"norm": "none"}, "loss": {"r1_gamma": 0.5, "r1_interval": 2},
+                "train": {"batch": 16, "micro_batch": int(micro), "ema_kimg": 0.02}}
+    for item in extra:
+        key, value = item.split("=")
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = type_of(value)
+    cfg = tiny_config(Path(data), **sections)
+    engine = make_engine(cfg.engine)
+    cfg = resolve(cfg, read_manifest(data), engine.world_size)
+    trainer = Trainer(cfg, Path(out).parent, engine)
+    trainer.loader.close()
+    trainer.loader = GlobalBatches(Path(data), cfg.train.batch, cfg.train.micro_batch, engine.rank,
+                                   engine.world_size)
+    for _ in range(int(steps)):
+        trainer.train_step()
+    if engine.is_main:
+        torch.save({"G": trainer.G.raw.state_dict(), "D": trainer.D.raw.state_dict(),
+                    "G_ema": trainer.G_ema.state_dict()}, out)
+    engine.close()
+
+
+def type_of(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+if __name__ == "__main__":
+    main()
