@@ -147,14 +147,16 @@ class LogConfig:
 
 @dataclass
 class EngineConfig:
-    name: Literal["single", "ddp"] = "single"
+    name: Literal["single", "ddp", "deepspeed"] = "single"
     device: str = "auto"  # auto | cpu | cuda | cuda:N (ddp: each rank takes cuda:LOCAL_RANK)
     # Forward passes under autocast; parameters, optimizer state, loss reductions and EMA stay fp32.
     # fp16 adds a dynamic loss scaler per network.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     sync_batchnorm: bool = False  # ddp: batch-norm statistics over all ranks (CUDA only)
+    zero_stage: int = 0  # deepspeed: 0 (plain data parallel), 1 (optimizer state sharded), 2 (+ gradients)
 
     def validate(self) -> None:
+        _check(self.zero_stage in (0, 1, 2), "engine.zero_stage", f"must be 0, 1 or 2 (got {self.zero_stage})")
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "engine.device",
                f"must be auto, cpu, cuda or cuda:N (got '{self.device}')")
 

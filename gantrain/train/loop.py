@@ -356,7 +356,7 @@ def run(cfg: Config, run_dir: str | Path, resume: str | None = None, engine: Eng
     """Train CFG in RUN_DIR. RESUME: None (fresh; refuses a run dir with checkpoints), 'auto' (latest
     checkpoint of RUN_DIR if any) or a checkpoint path."""
     run_dir = Path(run_dir)
-    engine = engine or make_engine(cfg.engine)
+    engine = engine or make_engine(cfg)
     state = None
     if resume == "auto":
         found = checkpoint.load_latest(run_dir) if run_dir.exists() else None
