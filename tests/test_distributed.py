@@ -110,3 +110,13 @@ def test_zero1_equivalence_catches_an_unfrozen_d(digits16, tmp_path, reference):
         if not torch.allclose(reference["D"][name], broken["D"][name], atol=2e-6, rtol=1e-5):
             return
     pytest.fail("an unfrozen D during the G step went unnoticed")
+
+
+def test_zero2_checkpoint_resumes_exactly(digits16, tmp_path):
+    """Each rank's ZeRO-2 optimizer partition goes into the checkpoint and back through DeepSpeed's loader."""
+    zero = ["engine.name=deepspeed", "engine.zero_stage=2"]
+    straight = _train(tmp_path, digits16, tmp_path / "a", 2, 0.16, extra=zero)
+    _train(tmp_path, digits16, tmp_path / "b", 2, 0.08, extra=zero)
+    resumed = _train(tmp_path, digits16, tmp_path / "b", 2, 0.16, resume="auto", extra=zero)
+    assert len(resumed["D"]["optimizer"]) == 2  # one partition per rank
+    _assert_equal_nets(straight, resumed)

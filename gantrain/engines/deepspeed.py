@@ -8,7 +8,8 @@ asserts, and with ZeRO-1 it silently absorbs G's gradients.
 
 Checkpoints: ZeRO-1/2 keep full parameters on every rank, so weights are saved as usual; the
 partitioned optimizer state of every rank is gathered into the checkpoint and handed back to
-DeepSpeed's own loader, which re-partitions it (also for another world size).
+DeepSpeed's own loader. Such a checkpoint resumes under DeepSpeed on the same number of ranks; its
+weights and G_ema load anywhere (sample, export).
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ class DeepSpeedNet(Net):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.raw.load_state_dict(state["model"])
         saved = state["optimizer"]
-        if isinstance(saved, list):  # per-rank ZeRO partitions; DeepSpeed re-partitions them
-            self.engine.optimizer.load_state_dict(saved, load_optimizer_states=True)
-        else:  # a consolidated torch optimizer state (from single/ddp)
-            raise ConfigError("engine.name", "resuming a single/ddp checkpoint under deepspeed needs an "
-                              "unsharded optimizer import, which is not implemented; resume with engine.name=ddp")
+        if not isinstance(saved, list):  # a consolidated torch optimizer state (from single/ddp)
+            raise ConfigError("engine.name", "this checkpoint was written by the single/ddp engine; importing "
+                              "its optimizer state into ZeRO partitions is not implemented: resume with ddp")
+        if len(saved) != dist.get_world_size():
+            raise ConfigError("engine.name", f"this checkpoint holds ZeRO optimizer partitions for {len(saved)} "
+                              f"ranks; resume it with {len(saved)} ranks")
+        self.engine.optimizer.load_state_dict(saved, load_optimizer_states=True)
 
 
 class DeepSpeedEngine(DDPEngine):
