@@ -87,10 +87,19 @@ class OptimConfig:
     d_lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     eps: float = 1e-8
+    # Learning rates are given for optim.base_batch; with linear/sqrt they are scaled by
+    # (train.batch / base_batch) or its square root. none: used as given.
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    base_batch: int = 64
+
+    def lr_scale(self, batch: int) -> float:
+        ratio = batch / self.base_batch
+        return {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[self.lr_scaling]
 
     def validate(self) -> None:
         _check(self.g_lr > 0, "optim.g_lr", f"must be > 0 (got {self.g_lr})")
         _check(self.d_lr > 0, "optim.d_lr", f"must be > 0 (got {self.d_lr})")
+        _check(self.base_batch > 0, "optim.base_batch", f"must be > 0 (got {self.base_batch})")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
                f"must be two numbers in [0, 1) (got {self.betas})")
 

@@ -89,3 +89,12 @@ def test_accumulation_derivation():
 def test_dump_round_trips():
     cfg = config_mod.load(REPO / "configs/quickstart.yaml")
     assert config_mod.from_dict(yaml.safe_load(config_mod.dump(cfg))) == cfg
+
+
+def test_lr_scaling_rules():
+    optim = config_mod.OptimConfig(base_batch=64)
+    assert optim.lr_scale(256) == 1.0
+    optim.lr_scaling = "linear"
+    assert optim.lr_scale(256) == 4.0
+    optim.lr_scaling = "sqrt"
+    assert optim.lr_scale(256) == 2.0

@@ -213,3 +213,14 @@ def test_d_steps_per_g_step(digits16, tmp_path):
     trainer.loader.close()
     assert changed == [(False, True), (False, True), (True, True)] * 2
     assert trainer.g_step == 2 and trainer.nimg == 6 * 16
+
+
+def test_lr_scaling_and_lazy_r1_reach_the_optimizers(digits16, tmp_path):
+    cfg = tiny_config(digits16, optim={"lr_scaling": "linear", "base_batch": 8, "g_lr": 1e-3, "d_lr": 1e-3},
+                      loss={"r1_gamma": 1.0, "r1_interval": 4})
+    trainer = Trainer(resolve(cfg, read_manifest(digits16), 1), tmp_path, SingleEngine("cpu"))
+    trainer.loader.close()
+    assert trainer.G.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)
+    d_group = trainer.D.optimizer.param_groups[0]  # lazy R1 every 4 steps: lr and betas ** (4/5)
+    assert d_group["lr"] == pytest.approx(2e-3 * 0.8)
+    assert d_group["betas"] == pytest.approx((0.5 ** 0.8, 0.999 ** 0.8))

@@ -94,10 +94,11 @@ class Trainer:
         # Lazy regularization: the reg phase runs every k steps, so lr and betas are scaled to keep the
         # optimizer's effective time constants (StyleGAN2, appendix B).
         ratio = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if self.lazy_r1 else 1.0
-        self.G = engine.setup(G, lambda params: torch.optim.Adam(params, lr=o.g_lr, betas=tuple(o.betas),
-                                                                 eps=o.eps))
+        lr_scale = o.lr_scale(cfg.train.batch)
+        self.G = engine.setup(G, lambda params: torch.optim.Adam(params, lr=o.g_lr * lr_scale,
+                                                                 betas=tuple(o.betas), eps=o.eps))
         self.D = engine.setup(D, lambda params: torch.optim.Adam(
-            params, lr=o.d_lr * ratio, betas=tuple(b ** ratio for b in o.betas), eps=o.eps))
+            params, lr=o.d_lr * lr_scale * ratio, betas=tuple(b ** ratio for b in o.betas), eps=o.eps))
 
         self.phases = [Phase("Dmain", self.D, 1, self._d_main)]
         if self.lazy_r1:
