@@ -120,3 +120,32 @@ def test_zero2_checkpoint_resumes_exactly(digits16, tmp_path):
     resumed = _train(tmp_path, digits16, tmp_path / "b", 2, 0.16, resume="auto", extra=zero)
     assert len(resumed["D"]["optimizer"]) == 2  # one partition per rank
     _assert_equal_nets(straight, resumed)
+
+
+def test_sigterm_to_the_ranks_checkpoints_and_exits_zero(digits16, tmp_path):
+    """A preempted node signals every process: the ranks agree to stop, rank 0 checkpoints, all exit 0."""
+    import signal
+    import time
+
+    import psutil
+
+    config = tmp_path / "long.yaml"
+    config.write_text(f"data: {{path: {digits16}, workers: 0}}\nmodel: {{z_dim: 16, channels: 8}}\n"
+                      "engine: {name: ddp, device: cpu}\ntrain: {kimg: 1000, batch: 16}\n"
+                      "log: {progress: false, tick_kimg: 0.016}\n")
+    run_dir = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "gantrain", "train", str(config), "--nproc", "2",
+                             "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 120
+    while not (run_dir / "stats.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "torch.distributed.run" not in
+               " ".join(p.cmdline())]
+    assert len(workers) == 2
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    state = checkpoint.load(run_dir / (run_dir / "latest").read_text().strip())
+    assert 0 < state["counters"]["nimg"] < 1_000_000 and len(state["data"]) == 2
