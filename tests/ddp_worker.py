@@ -62,9 +62,10 @@ def main() -> None:
         trainer.phases[-1].loss = g_main_unfrozen
     for _ in range(int(steps)):
         trainer.train_step()
+    nets = {"G": trainer.G.state_dict(), "D": trainer.D.state_dict()}  # collective under ZeRO
     if engine.is_main:
-        torch.save({"G": trainer.G.raw.state_dict(), "D": trainer.D.raw.state_dict(),
-                    "G_ema": trainer.G_ema.state_dict()}, out)
+        torch.save({"G": nets["G"]["model"], "D": nets["D"]["model"], "G_ema": trainer.G_ema.state_dict(),
+                    "G_opt": nets["G"]["optimizer"], "D_opt": nets["D"]["optimizer"]}, out)
     engine.close()
 
 

@@ -15,8 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from gantrain.config import ConfigError
-
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -67,9 +65,6 @@ class Net:
                 "scaler": self.scaler.state_dict() if self.scaler else {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if isinstance(state["optimizer"], list):
-            raise ConfigError("engine.name", "this checkpoint holds DeepSpeed ZeRO optimizer partitions; resume "
-                              "it with engine.name=deepspeed on the same number of ranks")
         self.raw.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state.get("scaler"):

@@ -6,10 +6,10 @@ already divides each micro-batch loss by the accumulation count, so backward is 
 again. The frozen network is called unwrapped with requires_grad off: with ZeRO-2 a wrapped frozen D
 asserts, and with ZeRO-1 it silently absorbs G's gradients.
 
-Checkpoints: ZeRO-1/2 keep full parameters on every rank, so weights are saved as usual; the
-partitioned optimizer state of every rank is gathered into the checkpoint and handed back to
-DeepSpeed's own loader. Such a checkpoint resumes under DeepSpeed on the same number of ranks; its
-weights and G_ema load anywhere (sample, export).
+Checkpoints hold the optimizer state unsharded, in torch Adam's own format: each rank's partition of
+the moments is gathered and cut back into per-parameter tensors (by DeepSpeed's own offsets of each
+parameter in the flat buffer), and re-partitioned on load. So a checkpoint moves freely between
+single, ddp and ZeRO-0/1/2 and across world sizes.
 """
 
 from __future__ import annotations
@@ -27,19 +27,10 @@ from gantrain.engines.base import Net, OptimizerFactory
 from gantrain.engines.ddp import DDPEngine
 
 
-def checkpoint_safe_globals() -> list[type]:
-    """DeepSpeed classes inside a ZeRO optimizer state, allowed for torch.load(weights_only=True)."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, DynamicLossScaler, fragment_address, ZeroStageEnum]
-
-
 class DeepSpeedNet(Net):
-    def __init__(self, engine: Any, optimizer: torch.optim.Optimizer, gather):
+    def __init__(self, engine: Any, optimizer: torch.optim.Optimizer):
         super().__init__(engine, engine.module, optimizer)
-        self.engine, self._gather = engine, gather
+        self.engine = engine
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)
@@ -48,29 +39,67 @@ class DeepSpeedNet(Net):
     def no_sync(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # DeepSpeed reduces at its own boundary
 
-    def loss_scale(self) -> float:
-        return float(getattr(self.engine.optimizer, "loss_scale", 1.0) or 1.0)
-
     def step(self) -> tuple[bool, torch.Tensor]:
-        skipped = self.engine.skipped_steps
-        norm = self.engine.get_global_grad_norm()
-        norm = torch.as_tensor(0.0 if norm is None else float(norm))
-        return self.engine.skipped_steps == skipped, norm
+        """The update already happened at the boundary backward. Nothing is loss-scaled under DeepSpeed
+        here (fp16 is refused), so no step is ever skipped."""
+        norm = self.engine.get_global_grad_norm()  # None at ZeRO-0 with a plain torch optimizer
+        return True, torch.as_tensor(0.0 if norm is None else float(norm))
+
+    def _zero_groups(self):
+        """(fp32 partition, params, their offsets in the flat buffer, flat length) per ZeRO group."""
+        zero = self.engine.optimizer
+        if not hasattr(zero, "single_partition_of_fp32_groups"):
+            return None  # stage 0: the optimizer is the plain torch one
+        return [(part, zero.round_robin_bit16_groups[g], zero.round_robin_bit16_offsets[g],
+                 zero.bit16_groups_flat[g].numel()) for g, part in enumerate(zero.single_partition_of_fp32_groups)]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.raw.state_dict(), "optimizer": self._gather(self.engine.optimizer.state_dict()),
-                "scaler": {}}
+        """Unsharded, in torch.optim.Adam's own format: resumable on any engine and world size.
+        Collective: every rank contributes its partition of the Adam moments."""
+        groups = self._zero_groups()
+        if groups is None:
+            return super().state_dict()
+        base = self.engine.optimizer.optimizer
+        index = {id(p): k for k, p in enumerate(self.raw.parameters())}
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for part, params, offsets, _ in groups:
+            moments = base.state.get(part, {})
+            if not moments:
+                continue
+            full = {}
+            for key in ("exp_avg", "exp_avg_sq"):
+                pieces = [torch.empty_like(moments[key]) for _ in range(dist.get_world_size())]
+                dist.all_gather(pieces, moments[key])
+                full[key] = torch.cat(pieces).cpu()
+            for p, offset in zip(params, offsets):
+                state[index[id(p)]] = {"step": moments["step"].detach().cpu().clone(),
+                                       **{k: v[offset:offset + p.numel()].view_as(p).clone() for k, v in full.items()}}
+        hyper = {k: v for k, v in base.param_groups[0].items() if k != "params"}
+        optimizer = {"state": state, "param_groups": [{**hyper, "params": list(range(len(index)))}]}
+        return {"model": self.raw.state_dict(), "optimizer": optimizer, "scaler": {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.raw.load_state_dict(state["model"])
-        saved = state["optimizer"]
-        if not isinstance(saved, list):  # a consolidated torch optimizer state (from single/ddp)
-            raise ConfigError("engine.name", "this checkpoint was written by the single/ddp engine; importing "
-                              "its optimizer state into ZeRO partitions is not implemented: resume with ddp")
-        if len(saved) != dist.get_world_size():
-            raise ConfigError("engine.name", f"this checkpoint holds ZeRO optimizer partitions for {len(saved)} "
-                              f"ranks; resume it with {len(saved)} ranks")
-        self.engine.optimizer.load_state_dict(saved, load_optimizer_states=True)
+        """Re-partition an unsharded Adam state (from any engine) into this rank's ZeRO partition."""
+        groups = self._zero_groups()
+        if groups is None:
+            return super().load_state_dict(state)
+        self.raw.load_state_dict(state["model"])  # in place: the module's params view the flat buffers
+        saved = state["optimizer"]["state"]
+        base, rank = self.engine.optimizer.optimizer, dist.get_rank()
+        index = {id(p): k for k, p in enumerate(self.raw.parameters())}
+        for part, params, offsets, flat_len in groups:
+            if not saved:
+                continue
+            moments = {}
+            for key in ("exp_avg", "exp_avg_sq"):
+                flat = torch.zeros(flat_len, dtype=part.dtype)
+                for p, offset in zip(params, offsets):
+                    flat[offset:offset + p.numel()] = saved[index[id(p)]][key].flatten()
+                size = part.numel()
+                moments[key] = flat[rank * size:(rank + 1) * size].to(part.device).clone()
+            moments["step"] = saved[index[id(params[0])]]["step"].clone()
+            base.state[part].update(moments)  # same dict object: DeepSpeed's fragment links stay valid
+        self.engine.optimizer._restore_from_bit16_weights()  # fp32 master partition from the loaded weights
 
 
 class DeepSpeedEngine(DDPEngine):
@@ -106,7 +135,7 @@ class DeepSpeedEngine(DDPEngine):
         module = module.to(self.device)
         optimizer = make_optimizer(module.parameters())
         engine, ds_optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=self._ds_config())
-        net = DeepSpeedNet(engine, ds_optimizer, self.gather)
+        net = DeepSpeedNet(engine, ds_optimizer)
         self.nets.append(net)
         return net
 

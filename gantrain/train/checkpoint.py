@@ -64,7 +64,7 @@ def load(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = _load_weights_only(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable gantrain checkpoint (truncated or foreign file: "
@@ -72,19 +72,6 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != "gantrain-checkpoint/1":
         raise CheckpointError(f"{path}: not a gantrain checkpoint (no gantrain-checkpoint/1 marker)")
     return state
-
-
-def _load_weights_only(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "deepspeed" not in str(exc):
-            raise
-    # A ZeRO optimizer state holds a few DeepSpeed value classes; allow exactly those, nothing else.
-    from gantrain.engines.deepspeed import checkpoint_safe_globals
-
-    with torch.serialization.safe_globals(checkpoint_safe_globals()):
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
