@@ -103,10 +103,12 @@ def test_a_failing_rank_fails_the_launch(digits16, tmp_path):
     assert "9 shards cannot feed 2 ranks x 9 workers" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_zero_matches_one_process(digits16, tmp_path, reference, stage):
-    """DeepSpeed ZeRO-1/2 over 2 ranks x 8 == one process x 16 (and so == DDP, tested above)."""
-    _assert_close(reference, _states(digits16, tmp_path, 2, "deepspeed", 8, extra=[f"engine.zero_stage={stage}"]))
+@pytest.mark.parametrize("stage,micro", [(1, 8), (2, 8), (2, 4)])
+def test_zero_matches_one_process(digits16, tmp_path, reference, stage, micro):
+    """DeepSpeed ZeRO-1/2 over 2 ranks x 8, and ZeRO-2 with 2 accumulation steps across the G/D
+    alternation, == one process x 16 (and so == DDP, tested above)."""
+    states = _states(digits16, tmp_path, 2, "deepspeed", micro, extra=[f"engine.zero_stage={stage}"])
+    _assert_close(reference, states)
 
 
 def test_zero1_equivalence_catches_an_unfrozen_d(digits16, tmp_path, reference):

@@ -1,10 +1,11 @@
 """DeepSpeed ZeRO: one `deepspeed.initialize` engine per network, our own torch optimizer inside.
 
-Each engine counts its own micro-steps, so `gradient_accumulation_steps` holds across the G/D
-alternation as long as every phase runs all its micro-batches (the loop guarantees it). The loop
-already divides each micro-batch loss by the accumulation count, so backward is told not to scale
-again. The frozen network is called unwrapped with requires_grad off: with ZeRO-2 a wrapped frozen D
-asserts, and with ZeRO-1 it silently absorbs G's gradients.
+Accumulation is the loop's, as on the other engines: DeepSpeed runs "unmanaged" (backward only
+accumulates, step() is the boundary), so the G/D alternation and lazy regularization phases never
+have to line up with a micro-step counter. ZeRO-0/1 reduce gradients at step(); ZeRO-2 reduce-scatters
+them after every micro-batch backward (that is how it saves gradient memory). The frozen network is
+called unwrapped with requires_grad off: with ZeRO-2 a wrapped frozen D asserts, and with ZeRO-1 it
+silently absorbs G's gradients.
 
 Checkpoints hold the optimizer state unsharded, in torch Adam's own format: each rank's partition of
 the moments is gathered and cut back into per-parameter tensors (by DeepSpeed's own offsets of each
@@ -33,15 +34,15 @@ class DeepSpeedNet(Net):
         self.engine = engine
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss, scale_wrt_gas=False)
-        self.engine.step()  # applies only at the accumulation boundary, counted by the engine
+        self.engine.backward(loss, scale_wrt_gas=False)  # the loop already divided by the micro-batch count
 
     def no_sync(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()  # DeepSpeed reduces at its own boundary
+        return contextlib.nullcontext()  # unmanaged accumulation: nothing is applied before step()
 
     def step(self) -> tuple[bool, torch.Tensor]:
-        """The update already happened at the boundary backward. Nothing is loss-scaled under DeepSpeed
+        """step() is the accumulation boundary: reduce, update. Nothing is loss-scaled under DeepSpeed
         here (fp16 is refused), so no step is ever skipped."""
+        self.engine.step()
         norm = self.engine.get_global_grad_norm()  # None at ZeRO-0 with a plain torch optimizer
         return True, torch.as_tensor(0.0 if norm is None else float(norm))
 
@@ -115,17 +116,23 @@ class DeepSpeedEngine(DDPEngine):
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         super().__init__(cfg)
         self.zero_stage = cfg.zero_stage
-        self.micro_batch, self.accumulation = train.accumulation(self.world_size)
+        self.micro_batch, _ = train.accumulation(self.world_size)
 
     def _ds_config(self) -> dict[str, Any]:
         # Precision stays ours (autocast from the base engine): parameters and optimizer state in fp32,
         # as on the other engines, rather than DeepSpeed casting the module to bf16.
+        # Accumulation is ours too ("unmanaged": every step() is the boundary, gas 1). With DeepSpeed
+        # counting micro-steps instead, the hooks it puts on forward outputs divide any gradient that
+        # flows through them by gas -- including the input gradient R1 takes with autograd.grad, which
+        # silently shrank the penalty (caught by the ZeRO x accumulation equivalence test).
         return {
             "train_micro_batch_size_per_gpu": self.micro_batch,
-            "gradient_accumulation_steps": self.accumulation,
-            "train_batch_size": self.micro_batch * self.accumulation * self.world_size,
+            "gradient_accumulation_steps": 1,
+            "managed_gradient_accumulation": False,
+            "train_batch_size": self.micro_batch * self.world_size,
             "zero_optimization": {"stage": self.zero_stage},
             "zero_allow_untested_optimizer": True,  # our torch Adam, not DeepSpeed's JIT-built one
+            "gradient_clipping": 0.0,  # DeepSpeed 0.19 clips to norm 1.0 unless told otherwise
             "steps_per_print": 2**31 - 1,
         }
 
