@@ -1,0 +1,48 @@
+"""Engine construction: clear refusals on CPU, and the CUDA-only pieces (skipped without a GPU)."""
+
+import os
+
+import pytest
+import torch
+
+from gantrain import config as config_mod
+from gantrain.config import ConfigError
+from gantrain.engines import make_engine
+
+
+def _cfg(**engine):
+    return config_mod.from_dict({"data": {"path": "x"}, "engine": engine})
+
+
+def test_cpu_refusals_name_the_key(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="engine.sync_batchnorm: needs CUDA"):
+            make_engine(_cfg(name="ddp", device="cpu", sync_batchnorm=True))
+        with pytest.raises(ConfigError, match="engine.precision: fp16 with engine.name=deepspeed"):
+            make_engine(_cfg(name="deepspeed", precision="fp16"))
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="engine.name: ddp needs a launcher"):
+        make_engine(_cfg(name="ddp", device="cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="engine.name: 'single' cannot run in a group of 2"):
+        make_engine(_cfg(name="single"))
+
+
+@pytest.mark.gpu
+def test_sync_batchnorm_on_cuda(monkeypatch):
+    from gantrain import models
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(29000 + os.getpid() % 1000))
+    engine = make_engine(_cfg(name="ddp", device="cuda", sync_batchnorm=True))
+    try:
+        _, D = models.build(config_mod.ModelConfig(channels=8), models.DataSpec(16, 1, 0))
+        net = engine.setup(D, lambda params: torch.optim.Adam(params))
+        assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in net.raw.modules())
+        net.backward(net.module(torch.randn(4, 1, 16, 16, device=engine.device)).mean())
+        assert net.step()[0]
+    finally:
+        engine.close()
