@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -303,7 +304,10 @@ class Trainer:
         monitor = Monitor(self.run_dir, cfg.to_dict(), enabled=self.engine.is_main, total_nimg=total,
                           start_nimg=self.nimg, progress=cfg.log.progress)
         units = {k: max(round(getattr(cfg.log, k) * 1000), 1) for k in ("tick_kimg", "image_kimg", "snapshot_kimg")}
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        # Signals can only be caught in the main thread (a worker thread of a host framework keeps its own).
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main \
+            else {}
         scalars: dict[str, float] = {}
         last_snapshot = None
         try:
