@@ -98,3 +98,14 @@ def test_lr_scaling_rules():
     assert optim.lr_scale(256) == 4.0
     optim.lr_scaling = "sqrt"
     assert optim.lr_scale(256) == 2.0
+
+
+def test_cli_takes_overrides_before_and_after_options():
+    from gantrain.cli import parse_args
+
+    args = parse_args(["train", "c.yaml", "a.b=1", "--run-dir", "x", "--resume", "auto", "train.kimg=120"])
+    assert args.overrides == ["a.b=1", "train.kimg=120"] and args.run_dir == "x" and args.resume == "auto"
+    with pytest.raises(SystemExit):
+        parse_args(["train", "c.yaml", "--bogus"])
+    with pytest.raises(SystemExit):
+        parse_args(["pack", "src", "out", "--resolution", "8", "x=1"])
