@@ -46,10 +46,14 @@ class DDPEngine(Engine):
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.nets: list[Net] = []
 
-    def setup(self, module: nn.Module, make_optimizer: OptimizerFactory) -> Net:
+    def place(self, module: nn.Module) -> nn.Module:
+        """Cross-replica batch norm if asked, then onto this rank's device (before the optimizer exists)."""
         if self.sync_batchnorm:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        module = module.to(self.device)
+        return module.to(self.device)
+
+    def setup(self, module: nn.Module, make_optimizer: OptimizerFactory) -> Net:
+        module = self.place(module)
         optimizer = make_optimizer(module.parameters())
         ids = [self.device.index] if self.device.type == "cuda" else None
         net = DDPNet(DistributedDataParallel(module, device_ids=ids), module, optimizer, self._scaler())

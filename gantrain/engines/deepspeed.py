@@ -139,7 +139,7 @@ class DeepSpeedEngine(DDPEngine):
     def setup(self, module: nn.Module, make_optimizer: OptimizerFactory) -> Net:
         import deepspeed
 
-        module = module.to(self.device)
+        module = self.place(module)
         optimizer = make_optimizer(module.parameters())
         engine, ds_optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=self._ds_config())
         net = DeepSpeedNet(engine, ds_optimizer)
