@@ -225,10 +225,9 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "spec": dataclasses.asdict(self.spec),
             "counters": {"nimg": self.nimg, "step": self.step, "g_step": self.g_step, "elapsed": self.elapsed},
-            "G": self.G.state_dict(),
+            "G": self.G.state_dict(),  # weights, optimizer and (fp16) loss scaler of each network
             "D": self.D.state_dict(),
             "G_ema": self.G_ema.state_dict(),
-            "scalers": {},  # fp32: no loss scalers; mixed-precision engines store theirs here
             "rng": {
                 "latents": self.gen.get_state(),
                 "torch": torch.get_rng_state(),
