@@ -140,8 +140,9 @@ def _shard_order(num_shards: int, cur: Cursor, *, sampling: str, infinite: bool,
     if sampling == "resampled":
         # With replacement, independently per (rank, worker), as webdataset's ResampledShards draws them;
         # the cursor counts draws, and a restart replays (cheaply) that many draws.
+        # cur.epoch only moves when a changed layout restarts the stream: then the draws differ too.
         draws = iter(wds.ResampledShards([str(i) for i in range(num_shards)], seed=seed, deterministic=True,
-                                         worker_seed=lambda: rank * 65536 + worker))
+                                         worker_seed=lambda: (rank * 65536 + worker) * 100003 + cur.epoch))
         for _ in range(cur.shard):
             next(draws)
         for draw in draws:
@@ -245,7 +246,7 @@ class StreamLoader:
                  world_size: int = 1, num_workers: int = 0, state: dict[str, Any] | None = None,
                  pin_memory: bool = False, sampling: str = "epochs"):
         self.manifest, self.seed, self.shuffle, self.sampling = manifest, seed, shuffle, sampling
-        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.rank, self.world_size = rank, world_size
         self.logical = max(num_workers, 1)
         self.cursors = [Cursor() for _ in range(self.logical)]
         self.turn = 0
@@ -284,7 +285,6 @@ class StreamLoader:
             raise RuntimeError(f"data worker {batch['worker']} answered out of turn (expected {self.turn})")
         self.cursors[self.turn] = Cursor(*batch["cursor"])
         self.turn = (self.turn + 1) % self.logical
-        self.last_keys = batch["keys"]
         return batch["images"], batch["labels"]
 
     @property

@@ -15,7 +15,6 @@ single, ddp and ZeRO-0/1/2 and across world sizes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
@@ -35,9 +34,6 @@ class DeepSpeedNet(Net):
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)  # the loop already divided by the micro-batch count
-
-    def no_sync(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()  # unmanaged accumulation: nothing is applied before step()
 
     def step(self) -> tuple[bool, torch.Tensor]:
         """step() is the accumulation boundary: reduce, update. Nothing is loss-scaled under DeepSpeed
