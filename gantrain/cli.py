@@ -36,6 +36,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
     print(f"run dir: {run_dir}  kimg: {result['nimg'] / 1000:.2f}  checkpoint: {result['checkpoint']}")
+    toy = {k: v for k, v in result["scalars"].items() if k.startswith("Toy/")}
+    if toy:
+        print("final toy figures: " + "  ".join(f"{k[4:]} {v:.4g}" for k, v in sorted(toy.items())))
     if result["interrupted"]:
         print("stopped by signal after checkpointing; continue with --resume auto")
     return 0

@@ -36,15 +36,35 @@ class RunConfig:
 
 
 @dataclass
+class ToyConfig:
+    """Low-dimensional problems that show GAN dynamics in seconds (gantrain.data.toy)."""
+
+    name: Literal["none", "dirac", "ring"] = "none"  # dirac: Mescheder et al.'s Dirac-GAN; ring: 2-D mixture
+    modes: int = 8  # ring: Gaussians evenly spaced on a circle (their index is the class label)
+    radius: float = 2.0  # ring: circle radius
+    std: float = 0.02  # ring: standard deviation of each Gaussian
+    eval_samples: int = 2500  # samples drawn for the coverage figures
+
+    def validate(self) -> None:
+        _check(self.modes >= 2, "data.toy.modes", f"must be >= 2 (got {self.modes})")
+        _check(self.radius > 0, "data.toy.radius", f"must be > 0 (got {self.radius})")
+        _check(self.std > 0, "data.toy.std", f"must be > 0 (got {self.std})")
+        _check(self.eval_samples > 0, "data.toy.eval_samples", f"must be > 0 (got {self.eval_samples})")
+
+
+@dataclass
 class DataConfig:
     path: str = ""  # directory with manifest.json and the tar shards (`gantrain pack` writes it)
     workers: int = 2  # DataLoader worker processes per rank; 0 decodes in the training process
     shuffle: bool = True  # shard order per epoch and sample order within a shard
     # epochs: every shard once per epoch, disjoint across ranks; resampled: shards drawn with replacement
     sampling: Literal["epochs", "resampled"] = "epochs"
+    toy: ToyConfig = field(default_factory=ToyConfig)  # a toy problem instead of shards (data.path unused)
 
     def validate(self) -> None:
-        _check(bool(self.path), "data.path", "is required (a directory written by `gantrain pack`)")
+        self.toy.validate()
+        if self.toy.name == "none":
+            _check(bool(self.path), "data.path", "is required (a directory written by `gantrain pack`)")
         _check(self.workers >= 0, "data.workers", f"must be >= 0 (got {self.workers})")
 
 
@@ -52,10 +72,21 @@ class DataConfig:
 class ModelConfig:
     name: str = "dcgan"
     z_dim: int = 100
-    channels: int = 64  # feature maps at the output resolution; doubled per halving
+    channels: int = 64  # feature maps at the output resolution, doubled per halving (mlp: hidden width)
     max_channels: int = 512
+    depth: int = 3  # mlp: hidden layers
     conditional: bool = False
+    # How D uses the label (G always concatenates a class embedding to z): concat (Mirza & Osindero:
+    # one-hot maps stacked on the input), acgan (Odena et al.: an auxiliary classifier head, see
+    # loss.acgan), projection (Miyato & Koyama: inner product of a class embedding with D's features).
+    conditioning: Literal["concat", "acgan", "projection"] = "concat"
     norm: Literal["batch", "none"] = "batch"
+    spectral_norm: Literal["none", "d", "g", "both"] = "none"  # Miyato et al. 2018, on every conv/linear
+    # D's view of the whole batch (Salimans et al. 2016; Karras et al. 2018): minibatch standard
+    # deviation appends one feature, minibatch discrimination appends minibatch_kernels closeness features.
+    minibatch: Literal["none", "stddev", "discrimination"] = "none"
+    minibatch_group: int = 4  # stddev: samples per group (the batch must divide into groups)
+    minibatch_kernels: int = 32  # discrimination: number of kernels B (each of dimension 16)
     resolution: int | None = None  # None: the data's resolution (shards are box-downsampled if smaller)
 
     def validate(self) -> None:
@@ -65,24 +96,89 @@ class ModelConfig:
         _check(self.z_dim > 0, "model.z_dim", f"must be > 0 (got {self.z_dim})")
         _check(self.channels > 0, "model.channels", f"must be > 0 (got {self.channels})")
         _check(self.max_channels >= self.channels, "model.max_channels", "must be >= model.channels")
+        _check(self.depth >= 1, "model.depth", f"must be >= 1 (got {self.depth})")
+        _check(self.minibatch_group >= 2, "model.minibatch_group", f"must be >= 2 (got {self.minibatch_group})")
+        _check(self.minibatch_kernels >= 1, "model.minibatch_kernels",
+               f"must be >= 1 (got {self.minibatch_kernels})")
         if self.resolution is not None:
             _check(_is_pow2(self.resolution) and self.resolution >= 8, "model.resolution",
                    f"must be a power of two >= 8 (got {self.resolution})")
 
 
 @dataclass
-class LossConfig:
-    name: Literal["nonsaturating"] = "nonsaturating"
-    r1_gamma: float = 0.0  # 0 disables R1
-    r1_interval: int = 16  # lazy regularization: R1 every N D steps (1 = every step, no separate phase)
+class RegConfig:
+    """A regularizer: WEIGHT 0 disables it. INTERVAL > 1 makes it lazy (StyleGAN2): applied every
+    INTERVAL steps of its network with the weight multiplied by INTERVAL. The gradient penalties (r1, r2,
+    gp) then run as their own phase with its own optimizer step, and that network's lr and Adam betas
+    are scaled so the optimizer keeps its time constants; drift and ortho join the main phase."""
+
+    weight: float = 0.0
+    interval: int = 1
+
+    def validate(self, key: str) -> None:
+        _check(self.weight >= 0, f"{key}.weight", f"must be >= 0 (got {self.weight})")
+        _check(self.interval >= 1, f"{key}.interval", f"must be >= 1 (got {self.interval})")
+
+
+@dataclass
+class GPConfig(RegConfig):
+    """Gradient penalty on random interpolates of real and fake samples (Gulrajani et al. 2017)."""
+
+    center: float = 1.0  # 1: WGAN-GP's (||grad|| - 1)^2; 0: zero-centred (Thanh-Tung et al. 2019)
+    one_sided: bool = False  # penalize only norms above center: max(0, ||grad|| - center)^2
+
+
+@dataclass
+class NoiseConfig:
+    """Instance noise (Sonderby et al. 2016): Gaussian noise added to every input D sees, real and fake."""
+
+    std: float = 0.0  # 0 disables
+    anneal_kimg: float = 0.0  # std decays linearly to 0 over this many kimg; 0 keeps it constant
 
     def validate(self) -> None:
-        _check(self.r1_gamma >= 0, "loss.r1_gamma", f"must be >= 0 (got {self.r1_gamma})")
-        _check(self.r1_interval >= 1, "loss.r1_interval", f"must be >= 1 (got {self.r1_interval})")
+        _check(self.std >= 0, "loss.instance_noise.std", f"must be >= 0 (got {self.std})")
+        _check(self.anneal_kimg >= 0, "loss.instance_noise.anneal_kimg",
+               f"must be >= 0 (got {self.anneal_kimg})")
+
+
+LOGISTIC_LOSSES = ("minimax", "nonsaturating")
+
+
+@dataclass
+class LossConfig:
+    # Adversarial objective (gantrain.losses.OBJECTIVES). wgan-gp is wgan plus loss.gp (weight required).
+    name: Literal["nonsaturating", "minimax", "wgan", "wgan-gp", "hinge", "lsgan"] = "nonsaturating"
+    r1: RegConfig = field(default_factory=lambda: RegConfig(0.0, 16))  # weight is gamma: gamma/2 ||grad D(real)||^2
+    r2: RegConfig = field(default_factory=lambda: RegConfig(0.0, 16))  # gamma/2 ||grad D(fake)||^2
+    gp: GPConfig = field(default_factory=GPConfig)  # weight is lambda (10 in WGAN-GP)
+    drift: RegConfig = field(default_factory=RegConfig)  # eps * D(real)^2 (ProGAN: 0.001)
+    ortho: RegConfig = field(default_factory=RegConfig)  # beta ||W W^T * (1 - I)||_F^2 on G's weights (BigGAN)
+    clip: float = 0.0  # WGAN critic weight clipping to [-clip, clip] after every D step; 0 disables
+    label_smoothing: float = 0.0  # one-sided (Salimans et al.): real target 1 - s; logistic and lsgan losses
+    instance_noise: NoiseConfig = field(default_factory=NoiseConfig)
+    feature_matching: float = 0.0  # weight of ||E f(real) - E f(fake)||^2 added to G's loss (Salimans et al.)
+    acgan: float = 1.0  # weight of the auxiliary classification loss (model.conditioning=acgan)
+
+    def validate(self) -> None:
+        for name in ("r1", "r2", "gp", "drift", "ortho"):
+            getattr(self, name).validate(f"loss.{name}")
+        self.instance_noise.validate()
+        _check(self.clip >= 0, "loss.clip", f"must be >= 0 (got {self.clip})")
+        _check(0 <= self.label_smoothing < 1, "loss.label_smoothing",
+               f"must be in [0, 1) (got {self.label_smoothing})")
+        if self.label_smoothing:
+            _check(self.name in LOGISTIC_LOSSES + ("lsgan",), "loss.label_smoothing",
+                   f"applies to the {', '.join(LOGISTIC_LOSSES)} and lsgan losses, not '{self.name}'")
+        _check(self.feature_matching >= 0, "loss.feature_matching", f"must be >= 0 (got {self.feature_matching})")
+        _check(self.acgan >= 0, "loss.acgan", f"must be >= 0 (got {self.acgan})")
+        _check(self.gp.center >= 0, "loss.gp.center", f"must be >= 0 (got {self.gp.center})")
+        if self.name == "wgan-gp":
+            _check(self.gp.weight > 0, "loss.gp.weight", "must be > 0 for loss.name=wgan-gp (Gulrajani et al. use 10)")
 
 
 @dataclass
 class OptimConfig:
+    name: Literal["adam", "rmsprop", "sgd"] = "adam"  # betas are Adam's; rmsprop uses alpha 0.99, sgd no momentum
     g_lr: float = 2e-4
     d_lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
@@ -170,6 +266,25 @@ class EngineConfig:
                f"must be auto, cpu, cuda or cuda:N (got '{self.device}')")
 
 
+# Published training setups by name: `preset: wgan` in a config (or `preset=wgan` on the command line)
+# fills in these values; anything the config sets itself wins.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Arjovsky et al. 2017, Algorithm 1 defaults: alpha 5e-5, c 0.01, n_critic 5, RMSProp.
+    "wgan": {"loss": {"name": "wgan", "clip": 0.01}, "train": {"d_steps": 5},
+             "optim": {"name": "rmsprop", "g_lr": 5e-5, "d_lr": 5e-5}},
+    # Gulrajani et al. 2017, Algorithm 1: lambda 10, n_critic 5, Adam(1e-4, 0, 0.9).
+    "wgan-gp": {"loss": {"name": "wgan-gp", "gp": {"weight": 10.0, "interval": 1}}, "train": {"d_steps": 5},
+                "optim": {"name": "adam", "g_lr": 1e-4, "d_lr": 1e-4, "betas": [0.0, 0.9]}},
+    # Miyato et al. 2018 (SN-GAN, hinge loss): spectral norm in D, n_dis 5, Adam(2e-4, 0, 0.9).
+    "sngan": {"loss": {"name": "hinge"}, "model": {"spectral_norm": "d", "norm": "none"}, "train": {"d_steps": 5},
+              "optim": {"name": "adam", "g_lr": 2e-4, "d_lr": 2e-4, "betas": [0.0, 0.9]}},
+    # Mao et al. 2017 (LSGAN, a=0 b=c=1): Adam(2e-4, 0.5).
+    "lsgan": {"loss": {"name": "lsgan"}, "optim": {"name": "adam", "g_lr": 2e-4, "d_lr": 2e-4, "betas": [0.5, 0.999]}},
+    # Mescheder et al. 2018 / StyleGAN2: non-saturating loss with lazy R1, gamma 10 every 16 D steps.
+    "r1": {"loss": {"name": "nonsaturating", "r1": {"weight": 10.0, "interval": 16}}},
+}
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -180,11 +295,37 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    preset: str | None = None  # a name from PRESETS, already merged into the sections above
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
-            getattr(self, f.name).validate()
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.validate()
+        self._validate_combinations()
         return self
+
+    def _validate_combinations(self) -> None:
+        loss, model = self.loss, self.model
+        vector_models = ("mlp", "dirac")  # models of samples that are vectors, i.e. the toy problems
+        if self.data.toy.name != "none":
+            _check(model.name in vector_models, "model.name", f"'{model.name}' cannot train the toy problem "
+                   f"data.toy.name={self.data.toy.name}; use {' or '.join(vector_models)}")
+        else:
+            _check(model.name not in vector_models, "model.name", f"'{model.name}' is for toy problems "
+                   "(set data.toy.name); image data needs an image model")
+        if model.name == "dirac":
+            _check(self.data.toy.name == "dirac", "data.toy.name", "model.name=dirac needs data.toy.name=dirac")
+        if self.engine.name == "deepspeed" and self.engine.zero_stage > 0:
+            # ZeRO keeps its own fp32 master partition: clamping the module's weights would be undone.
+            _check(not loss.clip, "loss.clip", "weight clipping needs engine.zero_stage=0 with deepspeed "
+                   f"(ZeRO-{self.engine.zero_stage} keeps its own master weights)")
+        if model.conditioning == "acgan":
+            _check(model.conditional, "model.conditioning", "acgan needs model.conditional=true")
+        micro = self.train.micro_batch
+        if model.minibatch == "stddev" and micro and micro > model.minibatch_group:
+            _check(micro % model.minibatch_group == 0, "model.minibatch_group",
+                   f"{model.minibatch_group} does not divide the micro-batch of {micro} images")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -204,7 +345,22 @@ def _is_pow2(n: int) -> bool:
 
 def from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a Config from a nested dict (YAML or a checkpoint's saved config)."""
+    preset = data.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            close = difflib.get_close_matches(str(preset), list(PRESETS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError("preset", f"unknown preset '{preset}'{hint}; known: {', '.join(PRESETS)}")
+        data = _merge(PRESETS[preset], data)
     return _build(Config, data, "").validate()
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """BASE with TOP's values on top, recursively (TOP wins)."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -40,7 +40,7 @@ class GlobalBatches:
 def main() -> None:
     data, out, engine_name, micro, steps, *extra = sys.argv[1:]
     sections = {"engine": {"name": engine_name, "device": "cpu"},
-                "model": {"norm": "none"}, "loss": {"r1_gamma": 0.5, "r1_interval": 2},
+                "model": {"norm": "none"}, "loss": {"r1": {"weight": 0.5, "interval": 2}},
                 "train": {"batch": 16, "micro_batch": int(micro), "ema_kimg": 0.02}}
     unfreeze_d = "test.unfreeze_d=1" in extra
     for item in (e for e in extra if not e.startswith("test.")):

@@ -60,7 +60,7 @@ def _train(tmp_path, digits16, run_dir, nproc, kimg, resume=None, extra=()):
     config = tmp_path / "ddp.yaml"
     config.write_text(f"data: {{path: {digits16}, workers: 1}}\nmodel: {{z_dim: 16, channels: 8}}\n"
                       "engine: {name: ddp, device: cpu}\ntrain: {batch: 16, ema_kimg: 0.05}\n"
-                      "loss: {r1_gamma: 1.0, r1_interval: 3}\n"
+                      "loss: {r1: {weight: 1.0, interval: 3}}\n"
                       "log: {progress: false, tick_kimg: 0.032, snapshot_kimg: 0.08, keep: 10}\n")
     args = [str(config), f"train.kimg={kimg}", *extra, "--run-dir", str(run_dir), "--nproc", str(nproc)]
     if resume:

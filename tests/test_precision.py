@@ -14,7 +14,7 @@ from gantrain.train.loop import Trainer, resolve, run
 
 
 def test_bf16_run_trains_and_stays_finite(digits16, tmp_path):
-    result = run(tiny_config(digits16, engine={"precision": "bf16"}, loss={"r1_gamma": 1.0, "r1_interval": 2},
+    result = run(tiny_config(digits16, engine={"precision": "bf16"}, loss={"r1": {"weight": 1.0, "interval": 2}},
                              train={"kimg": 0.064}), tmp_path)
     scalars = result["scalars"]
     assert all(math.isfinite(scalars[k]) for k in ("Loss/D", "Loss/G", "Loss/R1", "GradNorm/Gmain"))

@@ -59,7 +59,7 @@ def _next_batch(state: dict, data: Path):
 def test_resume_and_extension_are_bit_exact(digits16, tmp_path):
     """2N steps in one go == N steps, stop, then --resume auto with a larger train.kimg; and == resuming
     the mid-run checkpoint by path. Lazy R1, two data workers (so the worker turn is mid-rotation)."""
-    sections = dict(loss={"r1_gamma": 1.0, "r1_interval": 3}, data={"workers": 2},
+    sections = dict(loss={"r1": {"weight": 1.0, "interval": 3}}, data={"workers": 2},
                     log={"snapshot_kimg": 0.08})  # 5 steps of 16 per snapshot
     straight = run(tiny_config(digits16, train={"kimg": 0.16}, **sections), tmp_path / "a")
     run(tiny_config(digits16, train={"kimg": 0.08}, **sections), tmp_path / "b")
@@ -77,7 +77,7 @@ def test_resume_and_extension_are_bit_exact(digits16, tmp_path):
 
 
 def _train_params(digits16, tmp_path, micro_batch):
-    cfg = tiny_config(digits16, model={"norm": "none"}, loss={"r1_gamma": 0.5, "r1_interval": 2},
+    cfg = tiny_config(digits16, model={"norm": "none"}, loss={"r1": {"weight": 0.5, "interval": 2}},
                       train={"batch": 16, "micro_batch": micro_batch, "ema_kimg": 0.02})
     cfg = resolve(cfg, read_manifest(digits16), 1)
     trainer = Trainer(cfg, tmp_path, SingleEngine("cpu"))
@@ -100,11 +100,11 @@ def test_accumulation_equals_one_large_batch(digits16, tmp_path):
 
 
 def test_tensorboard_scalars_images_and_run_dir(digits16, tmp_path):
-    result = run(tiny_config(digits16, loss={"r1_gamma": 1.0, "r1_interval": 2}), tmp_path)
+    result = run(tiny_config(digits16, loss={"r1": {"weight": 1.0, "interval": 2}}), tmp_path)
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    for tag in ("Loss/D", "Loss/G", "Loss/R1", "GradNorm/Dmain", "GradNorm/Gmain", "GradNorm/Dreg", "LR/G",
+    for tag in ("Loss/D", "Loss/G", "Loss/R1", "GradNorm/Dmain", "GradNorm/Gmain", "GradNorm/Dr1", "LR/G",
                 "LR/D", "Progress/kimg", "Timing/img_per_sec", "Timing/sec_per_kimg", "Resources/peak_mem_mb",
                 "Data/skipped"):
         assert tag in scalars, tag
@@ -217,7 +217,7 @@ def test_d_steps_per_g_step(digits16, tmp_path):
 
 def test_lr_scaling_and_lazy_r1_reach_the_optimizers(digits16, tmp_path):
     cfg = tiny_config(digits16, optim={"lr_scaling": "linear", "base_batch": 8, "g_lr": 1e-3, "d_lr": 1e-3},
-                      loss={"r1_gamma": 1.0, "r1_interval": 4})
+                      loss={"r1": {"weight": 1.0, "interval": 4}})
     trainer = Trainer(resolve(cfg, read_manifest(digits16), 1), tmp_path, SingleEngine("cpu"))
     trainer.loader.close()
     assert trainer.G.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)

@@ -7,10 +7,11 @@ them after every micro-batch backward (that is how it saves gradient memory). Th
 called unwrapped with requires_grad off: with ZeRO-2 a wrapped frozen D asserts, and with ZeRO-1 it
 silently absorbs G's gradients.
 
-Checkpoints hold the optimizer state unsharded, in torch Adam's own format: each rank's partition of
-the moments is gathered and cut back into per-parameter tensors (by DeepSpeed's own offsets of each
-parameter in the flat buffer), and re-partitioned on load. So a checkpoint moves freely between
-single, ddp and ZeRO-0/1/2 and across world sizes.
+Checkpoints hold the optimizer state unsharded, in the torch optimizer's own format: each rank's
+partition of the per-element state (Adam's moments, RMSprop's square average) is gathered and cut
+back into per-parameter tensors (by DeepSpeed's own offsets of each parameter in the flat buffer),
+and re-partitioned on load. So a checkpoint moves freely between single, ddp and ZeRO-0/1/2 and across
+world sizes.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ class DeepSpeedNet(Net):
                  zero.bit16_groups_flat[g].numel()) for g, part in enumerate(zero.single_partition_of_fp32_groups)]
 
     def state_dict(self) -> dict[str, Any]:
-        """Unsharded, in torch.optim.Adam's own format: resumable on any engine and world size.
-        Collective: every rank contributes its partition of the Adam moments."""
+        """Unsharded, in the torch optimizer's own format: resumable on any engine and world size.
+        Collective: every rank contributes its partition of the per-element state (Adam's moments,
+        RMSprop's square average, ...); 0-dim entries such as `step` are the same on every rank."""
         groups = self._zero_groups()
         if groups is None:
             return super().state_dict()
@@ -60,23 +62,26 @@ class DeepSpeedNet(Net):
         index = {id(p): k for k, p in enumerate(self.raw.parameters())}
         state: dict[int, dict[str, torch.Tensor]] = {}
         for part, params, offsets, _ in groups:
-            moments = base.state.get(part, {})
+            moments = {k: v for k, v in base.state.get(part, {}).items() if isinstance(v, torch.Tensor)}
             if not moments:
                 continue
-            full = {}
-            for key in ("exp_avg", "exp_avg_sq"):
-                pieces = [torch.empty_like(moments[key]) for _ in range(dist.get_world_size())]
-                dist.all_gather(pieces, moments[key])
+            full, scalars = {}, {}
+            for key, value in moments.items():
+                if value.dim() == 0:
+                    scalars[key] = value.detach().cpu().clone()
+                    continue
+                pieces = [torch.empty_like(value) for _ in range(dist.get_world_size())]
+                dist.all_gather(pieces, value)
                 full[key] = torch.cat(pieces).cpu()
             for p, offset in zip(params, offsets):
-                state[index[id(p)]] = {"step": moments["step"].detach().cpu().clone(),
+                state[index[id(p)]] = {**{k: v.clone() for k, v in scalars.items()},
                                        **{k: v[offset:offset + p.numel()].view_as(p).clone() for k, v in full.items()}}
         hyper = {k: v for k, v in base.param_groups[0].items() if k != "params"}
         optimizer = {"state": state, "param_groups": [{**hyper, "params": list(range(len(index)))}]}
         return {"model": self.raw.state_dict(), "optimizer": optimizer, "scaler": {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Re-partition an unsharded Adam state (from any engine) into this rank's ZeRO partition."""
+        """Re-partition an unsharded optimizer state (from any engine) into this rank's ZeRO partition."""
         groups = self._zero_groups()
         if groups is None:
             return super().load_state_dict(state)
@@ -87,14 +92,14 @@ class DeepSpeedNet(Net):
         for part, params, offsets, flat_len in groups:
             if not saved:
                 continue
-            moments = {}
-            for key in ("exp_avg", "exp_avg_sq"):
+            first = saved[index[id(params[0])]]
+            moments = {k: v.clone() for k, v in first.items() if isinstance(v, torch.Tensor) and v.dim() == 0}
+            for key in (k for k, v in first.items() if isinstance(v, torch.Tensor) and v.dim() > 0):
                 flat = torch.zeros(flat_len, dtype=part.dtype)
                 for p, offset in zip(params, offsets):
                     flat[offset:offset + p.numel()] = saved[index[id(p)]][key].flatten()
                 size = part.numel()
                 moments[key] = flat[rank * size:(rank + 1) * size].to(part.device).clone()
-            moments["step"] = saved[index[id(params[0])]]["step"].clone()
             base.state[part].update(moments)  # same dict object: DeepSpeed's fragment links stay valid
         self.engine.optimizer._restore_from_bit16_weights()  # fp32 master partition from the loaded weights
 
@@ -127,7 +132,7 @@ class DeepSpeedEngine(DDPEngine):
             "managed_gradient_accumulation": False,
             "train_batch_size": self.micro_batch * self.world_size,
             "zero_optimization": {"stage": self.zero_stage},
-            "zero_allow_untested_optimizer": True,  # our torch Adam, not DeepSpeed's JIT-built one
+            "zero_allow_untested_optimizer": True,  # our torch optimizer, not DeepSpeed's JIT-built one
             "gradient_clipping": 0.0,  # DeepSpeed 0.19 clips to norm 1.0 unless told otherwise
             "steps_per_print": 2**31 - 1,
         }

@@ -1,8 +1,9 @@
 """The small contract every model family implements; the training loop relies on nothing else.
 
 A generator maps latents z [N, z_dim] (and class labels c [N] when conditional) to images in [-1, 1];
-a discriminator maps images (and labels) to one logit per image. Models never see ranks, precision,
-devices or loggers.
+a discriminator maps images (and labels) to one logit per image, or with `features=True` to a
+`DOutput` (logits, last hidden features, auxiliary class logits) for losses that need more than the
+score. Models never see ranks, precision, devices or loggers.
 """
 
 from __future__ import annotations
@@ -33,5 +34,5 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     num_classes: int
 
-    def forward(self, images: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, c: torch.Tensor | None = None, features: bool = False):
         raise NotImplementedError

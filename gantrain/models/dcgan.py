@@ -1,7 +1,9 @@
 """DCGAN (Radford et al. 2016): strided (transposed) convs, batch norm, ReLU/tanh in G, LeakyReLU in D.
 
-Class conditioning is by concatenation (Mirza & Osindero 2014): G sees a learned class embedding next
-to z, D sees one-hot class maps stacked onto the image channels.
+G is conditioned by concatenation (Mirza & Osindero 2014): a learned class embedding next to z. D is
+conditioned by concatenation (one-hot class maps stacked onto the image channels), projection or an
+auxiliary classifier (models.layers.DHead). D's last 4x4 conv is written as a linear layer on the
+flattened 4x4 features (the same function), so the minibatch layers and the conditioning heads fit.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gantrain.models.base import DataSpec, Discriminator, Generator
+from gantrain.models.layers import DHead, DOutput, MinibatchStdDev
 
 
 def _channels(resolution: int, out_resolution: int, base: int, cap: int) -> int:
@@ -63,23 +66,31 @@ class DCGANGenerator(Generator):
 
 class DCGANDiscriminator(Discriminator):
     def __init__(self, spec: DataSpec, channels: int = 64, max_channels: int = 512, conditional: bool = False,
-                 norm: str = "batch"):
+                 norm: str = "batch", conditioning: str = "concat", minibatch: str = "none", group: int = 4,
+                 kernels: int = 32):
         super().__init__()
         self.num_classes = spec.num_classes if conditional else 0
+        self.concat = conditioning == "concat"
         res = spec.resolution
         resolutions = [res // 2 ** i for i in range(1, int(math.log2(res)) - 1)]  # R/2 ... 4
         ch = [_channels(r, res, channels, max_channels) for r in resolutions]
-        layers: list[nn.Module] = [nn.Conv2d(spec.channels + self.num_classes, ch[0], 4, 2, 1),
-                                   nn.LeakyReLU(0.2, True)]
+        in_ch = spec.channels + (self.num_classes if self.concat else 0)
+        layers: list[nn.Module] = [nn.Conv2d(in_ch, ch[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for c_in, c_out in zip(ch[:-1], ch[1:]):
             layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=norm != "batch"), _norm(norm, c_out),
                        nn.LeakyReLU(0.2, True)]
-        layers += [nn.Conv2d(ch[-1], 1, 4, 1, 0)]
         self.net = nn.Sequential(*layers)
+        self.mbstd = MinibatchStdDev(group) if minibatch == "stddev" else None
+        flat = (ch[-1] + (1 if self.mbstd is not None else 0)) * 16
+        self.head = DHead(flat, self.num_classes, conditioning, minibatch, kernels)
         _init(self)
 
-    def forward(self, images: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        if self.num_classes:
+    def forward(self, images: torch.Tensor, c: torch.Tensor | None = None,
+                features: bool = False) -> torch.Tensor | DOutput:
+        if self.num_classes and self.concat:
             maps = F.one_hot(c, self.num_classes).to(images.dtype)[:, :, None, None]
             images = torch.cat([images, maps.expand(-1, -1, *images.shape[2:])], dim=1)
-        return self.net(images).flatten()
+        h = self.net(images)
+        if self.mbstd is not None:
+            h = self.mbstd(h)
+        return self.head(h.flatten(1), c, features)

@@ -1,9 +1,10 @@
 """The training loop: one for every model and every engine.
 
-Each step takes one global batch of real images and runs the phases whose interval has come round:
-D main (adversarial loss, R1 too when it is not lazy), D reg (lazy R1, every r1_interval D steps, scaled
-by the interval), G main (every d_steps D steps). A phase accumulates gradients over micro-batches and
-then takes one optimizer step. After the phases G_ema is updated. Training length and every interval
+Each step takes one global batch of real samples and runs the phases whose interval has come round:
+D main (the adversarial loss of `loss.name`, plus every regularizer that is not lazy), one D reg phase
+per lazy gradient penalty (r1, r2, gp: every `interval` D steps, weight scaled by the interval), and G
+main (every d_steps D steps). A phase accumulates gradients over micro-batches and then takes one
+optimizer step. After the phases G_ema is updated. Training length and every interval
 are counted in images shown to D, so changing the batch size never changes what "10 kimg" means.
 
 All training randomness (latents, fake labels) comes from one generator whose state is checkpointed;
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -36,8 +38,11 @@ from gantrain import config as config_mod
 from gantrain import losses, models
 from gantrain.atomic import atomic_write
 from gantrain.config import Config, ConfigError
+from gantrain.config import OptimConfig
 from gantrain.data.stream import Manifest, StreamLoader, read_manifest, samples
+from gantrain.data.toy import ToyLoader, ToyProblem
 from gantrain.engines import Engine, Net, make_engine
+from gantrain.models import DOutput
 from gantrain.monitor import Monitor, Stats, setup_logging
 from gantrain.sampling import generate, latents, make_grid, save_png, to_uint8
 from gantrain.train import checkpoint
@@ -56,8 +61,39 @@ class Phase:
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def resolve(cfg: Config, manifest: Manifest, world_size: int) -> Config:
+def _unused(out: DOutput) -> torch.Tensor:
+    """0 times every output of a wrapped D: keeps each of its parameters in the graph of a loss that
+    does not need them all (a data-parallel gradient reduction waits for every parameter)."""
+    zero = out.logits.float().sum() * 0
+    return zero if out.class_logits is None else zero + out.class_logits.float().sum() * 0
+
+
+def _filters(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Conv and linear weights with output filters first (BigGAN's orthogonal regularization set)."""
+    out = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.ConvTranspose2d):
+            out.append(m.weight.transpose(0, 1))
+        elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            out.append(m.weight)
+    return out
+
+
+def make_optimizer(o: OptimConfig, params: Any, lr: float, ratio: float = 1.0) -> torch.optim.Optimizer:
+    """The optimizer of `optim.name`. RATIO < 1 for a network with lazy regularization phases: lr and
+    the moment decay rates are scaled so the optimizer keeps its time constants (StyleGAN2, appendix B)."""
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=lr * ratio, betas=tuple(b ** ratio for b in o.betas), eps=o.eps)
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr * ratio, alpha=0.99 ** ratio, eps=o.eps)
+    return torch.optim.SGD(params, lr=lr * ratio)
+
+
+def resolve(cfg: Config, manifest: Manifest | None, world_size: int) -> Config:
     """Fill in what the config leaves to the data and the world size; refuse impossible combinations."""
+    if manifest is None:  # a toy problem: samples are vectors
+        micro, _ = cfg.train.accumulation(world_size)
+        return cfg.replace(train=dataclasses.replace(cfg.train, micro_batch=micro)).validate()
     resolution = cfg.model.resolution or manifest.resolution
     if resolution > manifest.resolution:
         raise ConfigError("model.resolution", f"{resolution} exceeds the data's {manifest.resolution} "
@@ -66,7 +102,7 @@ def resolve(cfg: Config, manifest: Manifest, world_size: int) -> Config:
         raise ConfigError("model.conditional", f"the data in {manifest.root} has only one class")
     micro, _ = cfg.train.accumulation(world_size)
     return cfg.replace(model=dataclasses.replace(cfg.model, resolution=resolution),
-                       train=dataclasses.replace(cfg.train, micro_batch=micro))
+                       train=dataclasses.replace(cfg.train, micro_batch=micro)).validate()
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -82,29 +118,40 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, engine: Engine, state: dict[str, Any] | None = None,
                  manifest: Manifest | None = None):
         self.cfg, self.run_dir, self.engine = cfg, run_dir, engine
-        self.manifest = manifest or read_manifest(cfg.data.path)
+        self.toy = ToyProblem(cfg.data.toy) if cfg.data.toy.name != "none" else None
+        self.manifest = None if self.toy else manifest or read_manifest(cfg.data.path)
         self.device = engine.device
         self.micro, self.accum = cfg.train.accumulation(engine.world_size)
-        self.spec = models.DataSpec(cfg.model.resolution, self.manifest.channels, self.manifest.num_classes)
+        self.spec = self.toy.spec if self.toy else models.DataSpec(
+            cfg.model.resolution, self.manifest.channels, self.manifest.num_classes)
 
         seed_everything(cfg.run.seed, cfg.run.deterministic)  # same initial weights on every rank
         G, D = models.build(cfg.model, self.spec)
         self.G_ema = copy.deepcopy(G).to(self.device).eval().requires_grad_(False)
-        o = cfg.optim
-        self.lazy_r1 = cfg.loss.r1_gamma > 0 and cfg.loss.r1_interval > 1
-        # Lazy regularization: the reg phase runs every k steps, so lr and betas are scaled to keep the
-        # optimizer's effective time constants (StyleGAN2, appendix B).
-        ratio = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if self.lazy_r1 else 1.0
+        L, o = cfg.loss, cfg.optim
+        self.d_objective, self.g_objective = losses.OBJECTIVES[L.name]
+        penalties = {name: getattr(L, name) for name in ("r1", "r2", "gp") if getattr(L, name).weight > 0}
+        self.eager = [name for name, reg in penalties.items() if reg.interval == 1]
+        lazy = {name: reg for name, reg in penalties.items() if reg.interval > 1}
+        # Lazy phases of intervals k_i make D's optimizer step 1 + sum(1/k_i) times per D step; a ratio of
+        # 1 / (1 + sum(1/k_i)) keeps its time constants (k / (k + 1) for one phase, as in StyleGAN2).
+        ratio = 1 / (1 + sum(1 / reg.interval for reg in lazy.values()))
         lr_scale = o.lr_scale(cfg.train.batch)
-        self.G = engine.setup(G, lambda params: torch.optim.Adam(params, lr=o.g_lr * lr_scale,
-                                                                 betas=tuple(o.betas), eps=o.eps))
-        self.D = engine.setup(D, lambda params: torch.optim.Adam(
-            params, lr=o.d_lr * lr_scale * ratio, betas=tuple(b ** ratio for b in o.betas), eps=o.eps))
+        self.G = engine.setup(G, lambda params: make_optimizer(o, params, o.g_lr * lr_scale))
+        self.D = engine.setup(D, lambda params: make_optimizer(o, params, o.d_lr * lr_scale, ratio))
 
         self.phases = [Phase("Dmain", self.D, 1, self._d_main)]
-        if self.lazy_r1:
-            self.phases.append(Phase("Dreg", self.D, cfg.loss.r1_interval, self._d_reg))
+        self.phases += [Phase(f"D{name}", self.D, reg.interval, functools.partial(self._d_reg, name))
+                        for name, reg in lazy.items()]
         self.phases.append(Phase("Gmain", self.G, 1, self._g_main))
+        # Randomness inside the losses (interpolation weights, instance noise): a device generator reseeded
+        # from the checkpointed one at every phase, different per rank.
+        self.needs_rand = "gp" in penalties or L.instance_noise.std > 0
+        self.rand = torch.Generator(device=self.device)
+        self.noise_std = 0.0
+        if "gp" in penalties and cfg.model.norm == "batch" and cfg.model.name == "dcgan":
+            log.warning("loss.gp with batch norm in D: the penalty is per sample but batch norm couples the "
+                        "samples (Gulrajani et al. drop it); consider model.norm=none")
 
         self.nimg = self.step = self.g_step = 0
         self.elapsed = 0.0
@@ -118,47 +165,109 @@ class Trainer:
             ranks = state["data"]
             # Another world size: the loader sees a foreign layout and restarts at the next epoch (logged).
             data_state = ranks[engine.rank] if len(ranks) == engine.world_size else ranks[0]
-        self.loader = StreamLoader(self.manifest, batch_size=self.micro, seed=cfg.run.seed,
-                                   shuffle=cfg.data.shuffle, rank=engine.rank, world_size=engine.world_size,
-                                   num_workers=cfg.data.workers, state=data_state, sampling=cfg.data.sampling,
-                                   pin_memory=self.device.type == "cuda")
+        if self.toy:
+            self.loader: StreamLoader | ToyLoader = ToyLoader(self.toy, self.micro, cfg.run.seed, engine.rank,
+                                                              engine.world_size, data_state)
+        else:
+            self.loader = StreamLoader(self.manifest, batch_size=self.micro, seed=cfg.run.seed,
+                                       shuffle=cfg.data.shuffle, rank=engine.rank, world_size=engine.world_size,
+                                       num_workers=cfg.data.workers, state=data_state,
+                                       sampling=cfg.data.sampling, pin_memory=self.device.type == "cuda")
         self._stop_signal: int | None = None
 
     # ---- phases -----------------------------------------------------------------------------------
     # Each loss runs under the engine's autocast. The network being trained is called through
     # `.module` (the engine's wrapper, which reduces gradients); the frozen one through `.raw`, so no
-    # gradient of it is computed or synchronized. Logits are cast to fp32 before any reduction.
+    # gradient of it is computed or synchronized. Scores are cast to fp32 before any reduction. Every
+    # output of a wrapped D enters the loss (times 0 if unused): a data-parallel gradient reduction
+    # waits for every parameter. Penalties are taken at the inputs D sees (noisy ones with instance noise).
     def _d_main(self, real, real_c, z, c) -> torch.Tensor:
+        L = self.cfg.loss
         with torch.no_grad():
             fake = self.G.raw(z, c)
-        r1_now = self.cfg.loss.r1_gamma > 0 and not self.lazy_r1
-        if r1_now:
+        real, fake = self._noisy(real), self._noisy(fake)
+        if "r1" in self.eager:
             real = real.detach().requires_grad_(True)
-        real_logits = self.D.module(real, real_c).float()
-        fake_logits = self.D.module(fake, c).float()
-        loss = losses.d_logistic_loss(real_logits, fake_logits).mean()
+        if "r2" in self.eager:
+            fake = fake.detach().requires_grad_(True)
+        r = self.D.module(real, real_c, features=True)
+        f = self.D.module(fake, c, features=True)
+        real_logits, fake_logits = r.logits.float(), f.logits.float()
+        loss = self.d_objective(real_logits, fake_logits, L.label_smoothing).mean()
         self.stats.add("Loss/D", loss)
         self.stats.add("Logits/real", real_logits)
         self.stats.add("Logits/fake", fake_logits)
-        if r1_now:
-            penalty = losses.r1_penalty(real_logits, real, self.D.loss_scale())
-            self.stats.add("Loss/R1", penalty)
-            loss = loss + penalty.mean() * (self.cfg.loss.r1_gamma / 2)
+        if r.class_logits is not None:
+            aux = (losses.acgan_loss(r.class_logits, real_c) + losses.acgan_loss(f.class_logits, c)).mean() / 2
+            self.stats.add("Loss/D_aux", aux)
+            loss = loss + aux * L.acgan
+        if L.drift.weight and self.step % L.drift.interval == 0:
+            drift = losses.drift_penalty(real_logits)
+            self.stats.add("Loss/drift", drift)
+            loss = loss + drift.mean() * (L.drift.weight * L.drift.interval)
+        for name in self.eager:
+            loss = loss + self._penalty(name, real, real_c, fake, c, real_logits if name == "r1" else fake_logits)
         return loss
 
-    def _d_reg(self, real, real_c, z, c) -> torch.Tensor:
-        real = real.detach().requires_grad_(True)
-        logits = self.D.module(real, real_c).float()
-        penalty = losses.r1_penalty(logits, real, self.D.loss_scale())
-        self.stats.add("Loss/R1", penalty)
-        # logits * 0: the last layer's bias has no part in the input gradient, and a parameter outside
-        # the graph would leave a data-parallel gradient reduction waiting for it.
-        return penalty.mean() * (self.cfg.loss.r1_gamma / 2 * self.cfg.loss.r1_interval) + logits.mean() * 0
+    def _d_reg(self, name: str, real, real_c, z, c) -> torch.Tensor:
+        """A lazy gradient penalty as its own phase."""
+        out = None
+        if name == "r1":
+            real = self._noisy(real).detach().requires_grad_(True)
+            out = self.D.module(real, real_c, features=True)
+        else:
+            with torch.no_grad():
+                fake = self._noisy(self.G.raw(z, c))
+            if name == "r2":
+                fake.requires_grad_(True)
+                out = self.D.module(fake, c, features=True)
+            else:
+                real = self._noisy(real)
+        penalty = self._penalty(name, real, real_c, fake if name != "r1" else None, c,
+                                None if out is None else out.logits.float())
+        return penalty if out is None else penalty + _unused(out)
+
+    def _penalty(self, name: str, real, real_c, fake, c, logits) -> torch.Tensor:
+        """The weighted penalty NAME (r1, r2: at the given LOGITS' inputs; gp: at fresh interpolates)."""
+        reg, scale = getattr(self.cfg.loss, name), self.D.loss_scale()
+        if name == "r1":
+            value, weight, zero = losses.r1_penalty(logits, real, scale), reg.weight / 2, 0
+        elif name == "r2":
+            value, weight, zero = losses.r2_penalty(logits, fake, scale), reg.weight / 2, 0
+        else:
+            eps = torch.rand(real.shape[0], generator=self.rand, device=real.device)
+            mixed = losses.interpolate(real.detach(), fake.detach(), eps).requires_grad_(True)
+            out = self.D.module(mixed, real_c, features=True)
+            value = losses.gradient_penalty(out.logits.float(), mixed, scale, reg.center, reg.one_sided)
+            weight, zero = reg.weight, _unused(out)
+        self.stats.add(f"Loss/{name.upper()}", value)
+        return value.mean() * (weight * reg.interval) + zero
 
     def _g_main(self, real, real_c, z, c) -> torch.Tensor:
-        loss = losses.g_nonsaturating_loss(self.D.raw(self.G.module(z, c), c).float()).mean()
+        L = self.cfg.loss
+        out = self.D.raw(self._noisy(self.G.module(z, c)), c, features=True)
+        loss = self.g_objective(out.logits.float()).mean()
         self.stats.add("Loss/G", loss)
+        if out.class_logits is not None:
+            aux = losses.acgan_loss(out.class_logits, c).mean()
+            self.stats.add("Loss/G_aux", aux)
+            loss = loss + aux * L.acgan
+        if L.feature_matching:
+            with torch.no_grad():
+                target = self.D.raw(self._noisy(real), real_c, features=True).features
+            fm = losses.feature_matching_loss(target, out.features)
+            self.stats.add("Loss/feature_matching", fm)
+            loss = loss + fm * L.feature_matching
+        if L.ortho.weight and self.g_step % L.ortho.interval == 0:
+            ortho = losses.orthogonal_penalty(_filters(self.G.raw))
+            self.stats.add("Loss/ortho", ortho)
+            loss = loss + ortho * (L.ortho.weight * L.ortho.interval)
         return loss
+
+    def _noisy(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.noise_std:
+            return x
+        return x + self.noise_std * torch.randn(x.shape, generator=self.rand, device=x.device, dtype=x.dtype)
 
     def _latents(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...]]:
         """This rank's slice of latents (and fake labels) drawn for the whole global batch, split into
@@ -175,6 +284,9 @@ class Trainer:
         for net in (self.G, self.D):  # a frozen D in the G phase keeps G's gradients out of D
             net.raw.requires_grad_(net is phase.net)
         zs, cs = self._latents()
+        if self.needs_rand:
+            seed = int(torch.randint(2 ** 62, (1,), generator=self.gen))
+            self.rand.manual_seed(seed + self.engine.rank)
         for i in range(self.accum):
             sync = contextlib.nullcontext() if i == self.accum - 1 else phase.net.no_sync()
             with sync:
@@ -182,6 +294,10 @@ class Trainer:
                     loss = phase.loss(reals[i], labels[i], zs[i], cs[i])
                 phase.net.backward(loss / self.accum)
         applied, norm = phase.net.step()
+        if phase.net is self.D and self.cfg.loss.clip:  # WGAN: the critic's weights stay in [-c, c]
+            with torch.no_grad():
+                for p in self.D.raw.parameters():
+                    p.clamp_(-self.cfg.loss.clip, self.cfg.loss.clip)
         self.stats.add(f"GradNorm/{phase.name}", norm)
         self.stats.add(f"Skipped/{phase.name}", torch.tensor(0.0 if applied else 1.0))
         return applied
@@ -190,7 +306,12 @@ class Trainer:
         reals, labels = [], []
         for _ in range(self.accum):
             images, c = next(self.loader)
-            x = images.to(self.device, non_blocking=True).to(torch.float32) / 127.5 - 1
+            x = images.to(self.device, non_blocking=True).to(torch.float32)
+            if self.toy:
+                reals.append(x)
+                labels.append(c.to(self.device))
+                continue
+            x = x / 127.5 - 1
             if x.shape[-1] != self.spec.resolution:  # shards packed larger than the model: box filter
                 x = F.avg_pool2d(x, x.shape[-1] // self.spec.resolution)
             reals.append(x)
@@ -198,6 +319,8 @@ class Trainer:
         return reals, labels
 
     def train_step(self) -> None:
+        noise = self.cfg.loss.instance_noise
+        self.noise_std = noise.std * (max(0.0, 1 - self.nimg / (noise.anneal_kimg * 1000)) if noise.anneal_kimg else 1)
         reals, labels = self._real_batch()
         g_applied = True
         for phase in self.phases:
@@ -271,23 +394,32 @@ class Trainer:
     def _grid(self, monitor: Monitor) -> None:
         if not self.engine.is_main:
             return
-        g = self.cfg.log.grid
-        z, c = latents(g * g, self.G_ema, GRID_SEED, rows=g, device=self.device)
-        grid = make_grid(to_uint8(generate(self.G_ema, z, c)), g)
-        save_png(grid, self.run_dir / f"fakes-{self.nimg:010d}.png")
-        monitor.image("fakes", grid, self.nimg)
+        if self.toy:
+            grid = self.toy.render(self.G.raw, self.device)  # the trained G, as the toy figures
+        else:
+            g = self.cfg.log.grid
+            z, c = latents(g * g, self.G_ema, GRID_SEED, rows=g, device=self.device)
+            grid = make_grid(to_uint8(generate(self.G_ema, z, c)), g)
+        if grid is not None:
+            save_png(grid, self.run_dir / f"fakes-{self.nimg:010d}.png")
+            monitor.image("fakes", grid, self.nimg)
 
     def _reals_grid(self, monitor: Monitor) -> None:
         """Reals grid from a separate, unshuffled read: the training stream must not be consumed."""
         if not self.engine.is_main:
             return
-        g = self.cfg.log.grid
-        stream = samples(self.manifest, seed=0, shuffle=False, infinite=False)
-        images = torch.stack([image for image, *_ in itertools.islice(stream, g * g)])
-        if images.shape[-1] != self.spec.resolution:
-            factor = images.shape[-1] // self.spec.resolution
-            images = F.avg_pool2d(images.float(), factor).round().to(torch.uint8)
-        grid = make_grid(images, g)
+        if self.toy:
+            grid = self.toy.render(None, self.device)
+            if grid is None:
+                return
+        else:
+            g = self.cfg.log.grid
+            stream = samples(self.manifest, seed=0, shuffle=False, infinite=False)
+            images = torch.stack([image for image, *_ in itertools.islice(stream, g * g)])
+            if images.shape[-1] != self.spec.resolution:
+                factor = images.shape[-1] // self.spec.resolution
+                images = F.avg_pool2d(images.float(), factor).round().to(torch.uint8)
+            grid = make_grid(images, g)
         save_png(grid, self.run_dir / "reals.png")
         monitor.image("reals", grid, self.nimg)
 
@@ -327,6 +459,9 @@ class Trainer:
                     self.stats.add("Data/skipped", torch.tensor(float(self.loader.skipped)))
                     self.stats.add("LR/G", torch.tensor(self.G.optimizer.param_groups[0]["lr"]))
                     self.stats.add("LR/D", torch.tensor(self.D.optimizer.param_groups[0]["lr"]))
+                    if self.toy:  # the same on every rank (identical weights): a cheap collective-safe figure
+                        for key, value in self.toy.evaluate(self.G.raw, self.D.raw, self.device).items():
+                            self.stats.add(key, torch.tensor(value))
                     scalars = monitor.report(self.nimg, self.stats.reduce(self.engine), self.device)
                 if due("image_kimg"):
                     self._grid(monitor)
@@ -375,7 +510,7 @@ def run(cfg: Config, run_dir: str | Path, resume: str | None = None, engine: Eng
     run_dir.mkdir(parents=True, exist_ok=True)
     if engine.is_main:
         setup_logging(run_dir, quiet_console=cfg.log.progress)
-    manifest = read_manifest(cfg.data.path)
+    manifest = None if cfg.data.toy.name != "none" else read_manifest(cfg.data.path)
     cfg = resolve(cfg, manifest, engine.world_size)
     if state is not None:
         changes = _config_changes(state["config"], cfg.to_dict())

@@ -1,0 +1,90 @@
+"""Blocks shared by the model families: minibatch layers, the discriminator head with its conditioning
+methods, and spectral normalization as a switch over a finished network."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class DOutput(NamedTuple):
+    """What a discriminator returns when asked for everything (`D(x, c, features=True)`)."""
+
+    logits: torch.Tensor  # [N] adversarial score
+    features: torch.Tensor  # [N, F] last hidden features (feature matching, projection)
+    class_logits: torch.Tensor | None  # [N, K] auxiliary classifier (AC-GAN), else None
+
+
+class MinibatchStdDev(nn.Module):
+    """Appends the average standard deviation across a group of samples as one extra channel (Karras et
+    al. 2018): a collapsed batch (all samples alike) shows up as a value near 0. Works on [N, C] and
+    [N, C, H, W]; groups of GROUP samples (fewer if the batch is smaller), which must divide the batch."""
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        g = min(self.group, n)
+        if n % g:
+            raise ValueError(f"minibatch stddev: group size {g} does not divide the batch of {n}")
+        y = x.reshape(g, n // g, *x.shape[1:]).float()  # sample i is in group i % (n // g), as in ProGAN
+        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt()  # [n // g, C, ...]
+        stat = std.flatten(1).mean(1).to(x.dtype)  # one number per group
+        stat = stat.repeat(g).view(n, 1, *([1] * (x.dim() - 2))).expand(n, 1, *x.shape[2:])
+        return torch.cat([x, stat], dim=1)
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Salimans et al. 2016, section 3.2: features f [N, A] are projected by T to M [N, B, C]; for each
+    kernel b, o(x_i)_b = sum over j != i of exp(-||M_i,b - M_j,b||_1). The B closeness values are appended
+    to f, so D can tell a batch of near-copies from a diverse one."""
+
+    def __init__(self, in_features: int, kernels: int = 32, kernel_dim: int = 16):
+        super().__init__()
+        self.kernels, self.kernel_dim = kernels, kernel_dim
+        self.T = nn.Parameter(torch.randn(in_features, kernels * kernel_dim) * 0.1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        m = (f @ self.T).view(-1, self.kernels, self.kernel_dim)  # [N, B, C]
+        l1 = (m[:, None] - m[None, :]).abs().sum(-1)  # [N, N, B]
+        closeness = torch.exp(-l1).sum(1) - 1  # minus exp(0) for j == i
+        return torch.cat([f, closeness], dim=1)
+
+
+class DHead(nn.Module):
+    """Features -> adversarial logit, with the label used by projection (Miyato & Koyama 2018:
+    logit += <embed(y), phi(x)>) or by an auxiliary classifier (Odena et al. 2017). Concatenation
+    conditioning happens at D's input, in the model itself."""
+
+    def __init__(self, in_features: int, num_classes: int = 0, conditioning: str = "concat",
+                 minibatch: str = "none", kernels: int = 32):
+        super().__init__()
+        self.mbd = MinibatchDiscrimination(in_features, kernels) if minibatch == "discrimination" else None
+        features = in_features + (kernels if self.mbd is not None else 0)
+        self.linear = nn.Linear(features, 1)
+        self.embed = nn.Embedding(num_classes, features) if num_classes and conditioning == "projection" else None
+        self.aux = nn.Linear(features, num_classes) if num_classes and conditioning == "acgan" else None
+
+    def forward(self, f: torch.Tensor, c: torch.Tensor | None, features: bool) -> torch.Tensor | DOutput:
+        if self.mbd is not None:
+            f = self.mbd(f)
+        logits = self.linear(f).flatten()
+        if self.embed is not None:
+            logits = logits + (self.embed(c) * f).sum(1)
+        if not features:
+            return logits
+        return DOutput(logits, f, self.aux(f) if self.aux is not None else None)
+
+
+def spectral_norm_all(module: nn.Module) -> nn.Module:
+    """Spectral normalization (Miyato et al. 2018) on every conv, linear and embedding weight of MODULE,
+    via torch's parametrization (one power iteration per training forward; u, v are buffers)."""
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding))]
+    for m in layers:
+        # ConvTranspose2d keeps output channels in dim 1 of its weight.
+        nn.utils.parametrizations.spectral_norm(m, dim=1 if isinstance(m, nn.ConvTranspose2d) else 0)
+    return module
