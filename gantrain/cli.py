@@ -106,7 +106,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                      f"({G.num_classes or 'unconditional'})")
     cols = args.cols or math.ceil(math.sqrt(args.n))
     z, c = latents(args.n, G, args.seed, rows=math.ceil(args.n / cols), class_index=args.class_index)
-    save_png(make_grid(to_uint8(generate(G, z, c)), cols), args.out)
+    samples = generate(G, z, c)
+    if samples.dim() != 4:
+        raise config_mod.ConfigError("checkpoint", f"{args.checkpoint} is a toy model: it makes points, not images "
+                                     "(its run dir has them as scatter plots, fakes-*.png)")
+    save_png(make_grid(to_uint8(samples), cols), args.out)
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 

@@ -266,8 +266,9 @@ class EngineConfig:
                f"must be auto, cpu, cuda or cuda:N (got '{self.device}')")
 
 
-# Published training setups by name: `preset: wgan` in a config (or `preset=wgan` on the command line)
-# fills in these values; anything the config sets itself wins.
+# Published training setups by name. `preset: wgan` in a config file is a base: values the file sets
+# win. `preset=wgan` on the command line sets all its values over the file's; later command-line
+# overrides win over it (items apply left to right).
 PRESETS: dict[str, dict[str, Any]] = {
     # Arjovsky et al. 2017, Algorithm 1 defaults: alpha 5e-5, c 0.01, n_critic 5, RMSProp.
     "wgan": {"loss": {"name": "wgan", "clip": 0.01}, "train": {"d_steps": 5},
@@ -345,14 +346,17 @@ def _is_pow2(n: int) -> bool:
 
 def from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a Config from a nested dict (YAML or a checkpoint's saved config)."""
-    preset = data.get("preset")
-    if preset is not None:
-        if preset not in PRESETS:
-            close = difflib.get_close_matches(str(preset), list(PRESETS), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError("preset", f"unknown preset '{preset}'{hint}; known: {', '.join(PRESETS)}")
-        data = _merge(PRESETS[preset], data)
+    if data.get("preset") is not None:  # in a file, the preset is the base and the file's values win
+        data = _merge(PRESETS[_preset_name(data["preset"])], data)
     return _build(Config, data, "").validate()
+
+
+def _preset_name(name: Any) -> str:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError("preset", f"unknown preset '{name}'{hint}; known: {', '.join(PRESETS)}")
+    return name
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -376,7 +380,10 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         raise ConfigError("", f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError("", f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
-    for item in overrides:
+    for item in overrides:  # left to right; a preset item sets all its values over the file's
+        key, _, value = item.partition("=")
+        if key.strip() == "preset":
+            data = _merge(data, PRESETS[_preset_name(value.strip())])
         apply_override(data, item)
     return from_dict(data)
 

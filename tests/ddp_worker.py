@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from conftest import tiny_config
+from gantrain import config as config_mod
 from gantrain.data.stream import read_manifest, samples
 from gantrain.engines import make_engine
 from gantrain.train.loop import Trainer, resolve
@@ -44,9 +45,7 @@ def main() -> None:
                 "train": {"batch": 16, "micro_batch": int(micro), "ema_kimg": 0.02}}
     unfreeze_d = "test.unfreeze_d=1" in extra
     for item in (e for e in extra if not e.startswith("test.")):
-        key, value = item.split("=")
-        section, name = key.split(".")
-        sections.setdefault(section, {})[name] = type_of(value)
+        config_mod.apply_override(sections, item)  # dotted key=value, value parsed as YAML
     cfg = tiny_config(Path(data), **sections)
     engine = make_engine(cfg)
     cfg = resolve(cfg, read_manifest(data), engine.world_size)
@@ -67,15 +66,6 @@ def main() -> None:
         torch.save({"G": nets["G"]["model"], "D": nets["D"]["model"], "G_ema": trainer.G_ema.state_dict(),
                     "G_opt": nets["G"]["optimizer"], "D_opt": nets["D"]["optimizer"]}, out)
     engine.close()
-
-
-def type_of(value: str):
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 if __name__ == "__main__":

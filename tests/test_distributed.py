@@ -111,6 +111,18 @@ def test_zero_matches_one_process(digits16, tmp_path, reference, stage, micro):
     _assert_close(reference, states)
 
 
+HEADS = ["model.conditional=true", "model.conditioning=acgan", "model.spectral_norm=both", "loss.name=hinge",
+         "loss.ortho.weight=0.001", "loss.feature_matching=0.5", "loss.drift.weight=0.01"]
+
+
+def test_conditioning_heads_and_regularizers_match_one_process(digits16, tmp_path):
+    """AC-GAN head (unused by the lazy R1 phase), spectral norm in G and D, hinge loss, ortho, feature
+    matching, drift: 2 ranks under DDP and under ZeRO-2 == one process, with no unused-parameter error."""
+    reference = _states(digits16, tmp_path, 1, "single", 16, extra=HEADS)
+    _assert_close(reference, _states(digits16, tmp_path, 2, "ddp", 8, extra=HEADS))
+    _assert_close(reference, _states(digits16, tmp_path, 2, "deepspeed", 8, extra=HEADS + ["engine.zero_stage=2"]))
+
+
 def test_zero1_equivalence_catches_an_unfrozen_d(digits16, tmp_path, reference):
     """The trap from DESIGN.md: under ZeRO-1, a D that is not frozen during the G step absorbs G's
     gradients without any error. Run that broken variant: D must come out different."""
