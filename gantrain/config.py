@@ -156,7 +156,9 @@ class LossConfig:
     clip: float = 0.0  # WGAN critic weight clipping to [-clip, clip] after every D step; 0 disables
     label_smoothing: float = 0.0  # one-sided (Salimans et al.): real target 1 - s; logistic and lsgan losses
     instance_noise: NoiseConfig = field(default_factory=NoiseConfig)
-    feature_matching: float = 0.0  # weight of ||E f(real) - E f(fake)||^2 added to G's loss (Salimans et al.)
+    # Weight of ||E f(real) - E f(fake)||^2 added to G's loss (Salimans et al.); the means are per rank and
+    # micro-batch (batch statistics, like batch norm and the minibatch layers).
+    feature_matching: float = 0.0
     acgan: float = 1.0  # weight of the auxiliary classification loss (model.conditioning=acgan)
 
     def validate(self) -> None:

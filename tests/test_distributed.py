@@ -112,12 +112,13 @@ def test_zero_matches_one_process(digits16, tmp_path, reference, stage, micro):
 
 
 HEADS = ["model.conditional=true", "model.conditioning=acgan", "model.spectral_norm=both", "loss.name=hinge",
-         "loss.ortho.weight=0.001", "loss.feature_matching=0.5", "loss.drift.weight=0.01"]
+         "loss.ortho.weight=0.001", "loss.drift.weight=0.01"]
 
 
 def test_conditioning_heads_and_regularizers_match_one_process(digits16, tmp_path):
-    """AC-GAN head (unused by the lazy R1 phase), spectral norm in G and D, hinge loss, ortho, feature
-    matching, drift: 2 ranks under DDP and under ZeRO-2 == one process, with no unused-parameter error."""
+    """AC-GAN head (unused by the lazy R1 phase), spectral norm in G and D, hinge loss, ortho, drift:
+    2 ranks under DDP and under ZeRO-2 == one process, with no unused-parameter error. (Feature matching
+    and the minibatch layers use per-rank batch statistics, like batch norm, so they are not in this list.)"""
     reference = _states(digits16, tmp_path, 1, "single", 16, extra=HEADS)
     _assert_close(reference, _states(digits16, tmp_path, 2, "ddp", 8, extra=HEADS))
     _assert_close(reference, _states(digits16, tmp_path, 2, "deepspeed", 8, extra=HEADS + ["engine.zero_stage=2"]))
