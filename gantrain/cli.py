@@ -85,13 +85,19 @@ def load_generator(path: str):
                 weights = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:
             raise CheckpointError(f"{path}: not a readable safetensors export ({exc})") from None
-        cfg_dict, spec_dict = meta["config"], meta["spec"]
+        cfg_dict, spec_dict, nimg = meta["config"], meta["spec"], meta["nimg"]
     else:
         state = checkpoint.load(path)
         cfg_dict, spec_dict, weights = state["config"], state["spec"], state["G_ema"]
+        nimg = state["counters"]["nimg"]
     cfg = config_mod.from_dict(cfg_dict)
     G, _ = models.build(cfg.model, models.DataSpec(**spec_dict))
     G.load_state_dict(weights)
+    if hasattr(G, "set_stage"):  # a growing model samples at the stage it had reached
+        from gantrain.train.schedule import Schedule
+
+        stage = Schedule(cfg, spec_dict["resolution"]).at(nimg)
+        G.set_stage(stage.resolution, stage.alpha)
     return G.eval().requires_grad_(False).to(torch.device("cpu"))
 
 

@@ -236,6 +236,33 @@ class TrainConfig:
 
 
 @dataclass
+class ProgressiveConfig:
+    """Progressive growing (Karras et al. 2018): train at start_resolution, then for each doubling fade the
+    new block in over fade_kimg and stabilize for stabilize_kimg. Everything is a pure function of the
+    images seen (gantrain.train.schedule), so resume needs only the counter. Needs model.name=progan."""
+
+    enabled: bool = False
+    start_resolution: int = 4
+    stabilize_kimg: float = 600.0  # per resolution (the paper: 800 at CelebA-HQ)
+    fade_kimg: float = 600.0  # per doubling; 0: switch without fading
+    fade: Literal["linear", "cosine", "smoothstep"] = "linear"  # alpha as a function of fade progress
+    batch: dict[int, int] = field(default_factory=dict)  # resolution -> global batch; missing: train.batch
+    g_lr: dict[int, float] = field(default_factory=dict)  # resolution -> G lr; missing: optim.g_lr
+    d_lr: dict[int, float] = field(default_factory=dict)  # resolution -> D lr; missing: optim.d_lr
+    reset_optimizer: bool = False  # fresh optimizer state at each new resolution (the official code's option)
+
+    def validate(self) -> None:
+        _check(_is_pow2(self.start_resolution) and self.start_resolution >= 4, "progressive.start_resolution",
+               f"must be a power of two >= 4 (got {self.start_resolution})")
+        _check(self.stabilize_kimg > 0, "progressive.stabilize_kimg", f"must be > 0 (got {self.stabilize_kimg})")
+        _check(self.fade_kimg >= 0, "progressive.fade_kimg", f"must be >= 0 (got {self.fade_kimg})")
+        for name in ("batch", "g_lr", "d_lr"):
+            for res, value in getattr(self, name).items():
+                _check(_is_pow2(res) and res >= 4, f"progressive.{name}.{res}", "keys must be resolutions (4, 8, ...)")
+                _check(value > 0, f"progressive.{name}.{res}", f"must be > 0 (got {value})")
+
+
+@dataclass
 class LogConfig:
     tick_kimg: float = 4.0  # scalars, log line and progress every N kimg
     image_kimg: float = 20.0  # fixed-latent G_ema grid every N kimg
@@ -298,6 +325,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     preset: str | None = None  # a name from PRESETS, already merged into the sections above
 
     def validate(self) -> Config:
@@ -325,6 +353,9 @@ class Config:
                    f"(ZeRO-{self.engine.zero_stage} keeps its own master weights)")
         if model.conditioning == "acgan":
             _check(model.conditional, "model.conditioning", "acgan needs model.conditional=true")
+        if self.progressive.enabled:
+            _check(model.name == "progan", "progressive.enabled", f"needs a growing model (model.name=progan), "
+                   f"not '{model.name}'")
         micro = self.train.micro_batch
         if model.minibatch == "stddev" and micro and micro > model.minibatch_group:
             _check(micro % model.minibatch_group == 0, "model.minibatch_group",
@@ -462,6 +493,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(key, f"must be one of {', '.join(map(str, args))}, got '{value}'{hint}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r} ({type(value).__name__})")
+        return {_coerce(args[0], k, f"{key}.{k}"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, f"expected a list, got {value!r} ({type(value).__name__})")

@@ -95,6 +95,11 @@ class Engine(ABC):
     def setup(self, module: nn.Module, make_optimizer: OptimizerFactory) -> Net:
         """Place MODULE, build its optimizer over the placed parameters, wrap both."""
 
+    def release(self, net: Net) -> None:
+        """Let go of NET's wrapper (its gradient hooks) before the same parameters are wrapped again:
+        growing models are re-wrapped at every stage change."""
+        net.module = net.raw
+
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 

@@ -60,6 +60,11 @@ class DDPEngine(Engine):
         self.nets.append(net)
         return net
 
+    def release(self, net: Net) -> None:
+        net.module = net.raw  # the DDP wrapper and its reducer (which holds the gradient hooks) go
+        self.nets.remove(net)
+        gc.collect()
+
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.device).clone()
         dist.all_reduce(tensor)

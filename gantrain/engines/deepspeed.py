@@ -90,14 +90,18 @@ class DeepSpeedNet(Net):
         base, rank = self.engine.optimizer.optimizer, dist.get_rank()
         index = {id(p): k for k, p in enumerate(self.raw.parameters())}
         for part, params, offsets, flat_len in groups:
-            if not saved:
+            # A parameter without saved state (a block a growing model has just activated) starts from zero
+            # moments and shares the group's step count: ZeRO keeps one flat state per group.
+            present = [saved[index[id(p)]] for p in params if index[id(p)] in saved]
+            if not present:
                 continue
-            first = saved[index[id(params[0])]]
+            first = present[0]
             moments = {k: v.clone() for k, v in first.items() if isinstance(v, torch.Tensor) and v.dim() == 0}
             for key in (k for k, v in first.items() if isinstance(v, torch.Tensor) and v.dim() > 0):
                 flat = torch.zeros(flat_len, dtype=part.dtype)
                 for p, offset in zip(params, offsets):
-                    flat[offset:offset + p.numel()] = saved[index[id(p)]][key].flatten()
+                    if index[id(p)] in saved:
+                        flat[offset:offset + p.numel()] = saved[index[id(p)]][key].flatten()
                 size = part.numel()
                 moments[key] = flat[rank * size:(rank + 1) * size].to(part.device).clone()
             base.state[part].update(moments)  # same dict object: DeepSpeed's fragment links stay valid
@@ -146,6 +150,11 @@ class DeepSpeedEngine(DDPEngine):
         net = DeepSpeedNet(engine, ds_optimizer)
         self.nets.append(net)
         return net
+
+    def release(self, net: Net) -> None:
+        net.engine.destroy()  # removes ZeRO's gradient hooks from the parameters
+        net.module = net.engine = None
+        self.nets.remove(net)
 
     def close(self) -> None:
         for net in self.nets:

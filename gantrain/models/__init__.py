@@ -21,6 +21,14 @@ def _dcgan(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:
                                cfg.minibatch, cfg.minibatch_group, cfg.minibatch_kernels))
 
 
+def _progan(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:
+    from gantrain.models.progan import ProGANDiscriminator, ProGANGenerator
+
+    return (ProGANGenerator(spec, cfg.z_dim, cfg.channels, cfg.max_channels, cfg.conditional),
+            ProGANDiscriminator(spec, cfg.channels, cfg.max_channels, cfg.conditional, cfg.conditioning,
+                                cfg.minibatch, cfg.minibatch_group, cfg.minibatch_kernels))
+
+
 def _mlp(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:
     from gantrain.models.toy import MLPDiscriminator, MLPGenerator
 
@@ -36,7 +44,7 @@ def _dirac(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:
 
 
 MODELS: dict[str, Callable[[ModelConfig, DataSpec], tuple[Generator, Discriminator]]] = {
-    "dcgan": _dcgan, "mlp": _mlp, "dirac": _dirac}
+    "dcgan": _dcgan, "progan": _progan, "mlp": _mlp, "dirac": _dirac}
 
 
 def build(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:

@@ -3,9 +3,12 @@ methods, and spectral normalization as a switch over a finished network."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -61,13 +64,13 @@ class DHead(nn.Module):
     conditioning happens at D's input, in the model itself."""
 
     def __init__(self, in_features: int, num_classes: int = 0, conditioning: str = "concat",
-                 minibatch: str = "none", kernels: int = 32):
+                 minibatch: str = "none", kernels: int = 32, linear: Callable[[int, int], nn.Module] = nn.Linear):
         super().__init__()
         self.mbd = MinibatchDiscrimination(in_features, kernels) if minibatch == "discrimination" else None
         features = in_features + (kernels if self.mbd is not None else 0)
-        self.linear = nn.Linear(features, 1)
+        self.linear = linear(features, 1)
         self.embed = nn.Embedding(num_classes, features) if num_classes and conditioning == "projection" else None
-        self.aux = nn.Linear(features, num_classes) if num_classes and conditioning == "acgan" else None
+        self.aux = linear(features, num_classes) if num_classes and conditioning == "acgan" else None
 
     def forward(self, f: torch.Tensor, c: torch.Tensor | None, features: bool) -> torch.Tensor | DOutput:
         if self.mbd is not None:
@@ -78,6 +81,39 @@ class DHead(nn.Module):
         if not features:
             return logits
         return DOutput(logits, f, self.aux(f) if self.aux is not None else None)
+
+
+class EqualizedLinear(nn.Module):
+    """Equalized learning rate (Karras et al. 2018, section 4.1): weights drawn from N(0, 1) and scaled by
+    gain / sqrt(fan_in) at run time, so Adam's per-parameter step moves every layer at the same pace."""
+
+    def __init__(self, in_features: int, out_features: int, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+class EqualizedConv2d(nn.Module):
+    """A conv with the equalized learning rate; 'same' padding."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.scale = gain / math.sqrt(in_channels * kernel * kernel)
+        self.padding = kernel // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Each pixel's feature vector scaled to unit average square (Karras et al. 2018, section 4.2)."""
+    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
 
 
 def spectral_norm_all(module: nn.Module) -> nn.Module:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from gantrain import config as config_mod
 from gantrain import losses, models
@@ -47,6 +48,7 @@ from gantrain.monitor import Monitor, Stats, setup_logging
 from gantrain.sampling import generate, latents, make_grid, save_png, to_uint8
 from gantrain.train import checkpoint
 from gantrain.train.ema import ema_beta, update_ema
+from gantrain.train.schedule import Schedule, Stage
 
 log = logging.getLogger("gantrain")
 CHECKPOINT_FORMAT = "gantrain-checkpoint/1"
@@ -56,7 +58,7 @@ GRID_SEED = 123  # fixed latents for the progress grids, independent of run.seed
 @dataclass
 class Phase:
     name: str
-    net: Net
+    net: str  # "G" or "D": the network this phase trains
     interval: int  # in D steps for D phases, in G steps for G phases
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -79,6 +81,38 @@ def _filters(module: torch.nn.Module) -> list[torch.Tensor]:
     return out
 
 
+class ActiveView(nn.Module):
+    """The submodules a growing model uses at its current stage, registered under their names in the
+    full model, so an engine wraps (and reduces gradients for) exactly the parameters that get them;
+    forward runs the full model. For a model that does not grow, the model itself is used instead."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.parts = nn.ModuleDict({name.replace(".", "/"): m for name, m in model.active_modules().items()})
+        object.__setattr__(self, "model", model)  # not a child: its inactive parameters stay out
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+
+def _view(model: nn.Module) -> nn.Module:
+    return ActiveView(model) if hasattr(model, "active_modules") else model
+
+
+def _optimizer_by_name(net: Net) -> dict[str, Any]:
+    """NET's optimizer state per parameter, keyed by parameter name (collective under ZeRO)."""
+    names = [name for name, _ in net.raw.named_parameters()]
+    return {names[i]: value for i, value in net.state_dict()["optimizer"]["state"].items()}
+
+
+def _load_optimizer_by_name(net: Net, by_name: dict[str, Any]) -> None:
+    """Restore the state of the parameters NET shares with BY_NAME; the others start fresh."""
+    state = net.state_dict()
+    names = [name for name, _ in net.raw.named_parameters()]
+    state["optimizer"]["state"] = {i: by_name[name] for i, name in enumerate(names) if name in by_name}
+    net.load_state_dict(state)
+
+
 def make_optimizer(o: OptimConfig, params: Any, lr: float, ratio: float = 1.0) -> torch.optim.Optimizer:
     """The optimizer of `optim.name`. RATIO < 1 for a network with lazy regularization phases: lr and
     the moment decay rates are scaled so the optimizer keeps its time constants (StyleGAN2, appendix B)."""
@@ -91,6 +125,9 @@ def make_optimizer(o: OptimConfig, params: Any, lr: float, ratio: float = 1.0) -
 
 def resolve(cfg: Config, manifest: Manifest | None, world_size: int) -> Config:
     """Fill in what the config leaves to the data and the world size; refuse impossible combinations."""
+    if cfg.progressive.enabled:  # the batch changes with the resolution: check every one now
+        for batch in {cfg.train.batch, *cfg.progressive.batch.values()}:
+            dataclasses.replace(cfg.train, batch=batch).accumulation(world_size)
     if manifest is None:  # a toy problem: samples are vectors
         micro, _ = cfg.train.accumulation(world_size)
         return cfg.replace(train=dataclasses.replace(cfg.train, micro_batch=micro)).validate()
@@ -101,6 +138,8 @@ def resolve(cfg: Config, manifest: Manifest | None, world_size: int) -> Config:
     if cfg.model.conditional and manifest.num_classes < 2:
         raise ConfigError("model.conditional", f"the data in {manifest.root} has only one class")
     micro, _ = cfg.train.accumulation(world_size)
+    if cfg.progressive.enabled:
+        micro = cfg.train.micro_batch  # None: each stage's per-rank batch
     return cfg.replace(model=dataclasses.replace(cfg.model, resolution=resolution),
                        train=dataclasses.replace(cfg.train, micro_batch=micro)).validate()
 
@@ -121,29 +160,27 @@ class Trainer:
         self.toy = ToyProblem(cfg.data.toy) if cfg.data.toy.name != "none" else None
         self.manifest = None if self.toy else manifest or read_manifest(cfg.data.path)
         self.device = engine.device
-        self.micro, self.accum = cfg.train.accumulation(engine.world_size)
         self.spec = self.toy.spec if self.toy else models.DataSpec(
             cfg.model.resolution, self.manifest.channels, self.manifest.num_classes)
 
         seed_everything(cfg.run.seed, cfg.run.deterministic)  # same initial weights on every rank
         G, D = models.build(cfg.model, self.spec)
-        self.G_ema = copy.deepcopy(G).to(self.device).eval().requires_grad_(False)
-        L, o = cfg.loss, cfg.optim
+        # The full networks; the engines wrap _view(...) of them (for a growing model: its active part).
+        self.G_model, self.D_model = G.to(self.device), D.to(self.device)
+        self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        L = cfg.loss
         self.d_objective, self.g_objective = losses.OBJECTIVES[L.name]
         penalties = {name: getattr(L, name) for name in ("r1", "r2", "gp") if getattr(L, name).weight > 0}
         self.eager = [name for name, reg in penalties.items() if reg.interval == 1]
         lazy = {name: reg for name, reg in penalties.items() if reg.interval > 1}
         # Lazy phases of intervals k_i make D's optimizer step 1 + sum(1/k_i) times per D step; a ratio of
         # 1 / (1 + sum(1/k_i)) keeps its time constants (k / (k + 1) for one phase, as in StyleGAN2).
-        ratio = 1 / (1 + sum(1 / reg.interval for reg in lazy.values()))
-        lr_scale = o.lr_scale(cfg.train.batch)
-        self.G = engine.setup(G, lambda params: make_optimizer(o, params, o.g_lr * lr_scale))
-        self.D = engine.setup(D, lambda params: make_optimizer(o, params, o.d_lr * lr_scale, ratio))
+        self.ratio = 1 / (1 + sum(1 / reg.interval for reg in lazy.values()))
 
-        self.phases = [Phase("Dmain", self.D, 1, self._d_main)]
-        self.phases += [Phase(f"D{name}", self.D, reg.interval, functools.partial(self._d_reg, name))
+        self.phases = [Phase("Dmain", "D", 1, self._d_main)]
+        self.phases += [Phase(f"D{name}", "D", reg.interval, functools.partial(self._d_reg, name))
                         for name, reg in lazy.items()]
-        self.phases.append(Phase("Gmain", self.G, 1, self._g_main))
+        self.phases.append(Phase("Gmain", "G", 1, self._g_main))
         # Randomness inside the losses (interpolation weights, instance noise): a device generator reseeded
         # from the checkpointed one at every phase, different per rank.
         self.needs_rand = "gp" in penalties or L.instance_noise.std > 0
@@ -159,21 +196,73 @@ class Trainer:
         # rank takes its slice, so training randomness does not depend on the world size.
         self.gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.run.seed, 1]).generate_state(1)[0]))
         self.stats = Stats()
+        self.schedule = Schedule(cfg, self.spec.resolution)
+        self.stage: Stage | None = None
+        self.G: Net | None = None
+        self.D: Net | None = None
+        self.loader: StreamLoader | ToyLoader | None = None
+        self.transitions: list[dict[str, Any]] = []  # what each re-wrap cost, for the benchmark
         data_state = None
         if state is not None:
-            self._restore(state)
             ranks = state["data"]
             # Another world size: the loader sees a foreign layout and restarts at the next epoch (logged).
             data_state = ranks[engine.rank] if len(ranks) == engine.world_size else ranks[0]
-        if self.toy:
-            self.loader: StreamLoader | ToyLoader = ToyLoader(self.toy, self.micro, cfg.run.seed, engine.rank,
-                                                              engine.world_size, data_state)
-        else:
-            self.loader = StreamLoader(self.manifest, batch_size=self.micro, seed=cfg.run.seed,
-                                       shuffle=cfg.data.shuffle, rank=engine.rank, world_size=engine.world_size,
-                                       num_workers=cfg.data.workers, state=data_state,
-                                       sampling=cfg.data.sampling, pin_memory=self.device.type == "cuda")
+        self._enter(self.schedule.at(state["counters"]["nimg"] if state else 0), data_state)
+        if state is not None:
+            self._restore(state)
         self._stop_signal: int | None = None
+
+    # ---- stages -----------------------------------------------------------------------------------
+    def _enter(self, stage: Stage, data_state: dict[str, Any] | None = None) -> None:
+        """Make STAGE current: set the models' resolution and alpha; when the set of active modules
+        changes, re-wrap both networks (optimizer state carried over by parameter name unless
+        progressive.reset_optimizer at a new resolution); when the batch changes, re-split it and
+        reopen the data stream at the same cursor."""
+        old, self.stage = self.stage, stage
+        for model in (self.G_model, self.D_model, self.G_ema):
+            if hasattr(model, "set_stage"):
+                model.set_stage(stage.resolution, stage.alpha)
+        if old is None or old.structure != stage.structure:
+            start = time.perf_counter()
+            reset = old is not None and old.resolution != stage.resolution and self.cfg.progressive.reset_optimizer
+            self._wrap(stage, carry=old is not None and not reset)
+            self.transitions.append({"nimg": self.nimg, "resolution": stage.resolution, "fade": stage.alpha < 1,
+                                     "seconds": time.perf_counter() - start})
+            if old is not None:
+                log.info("stage %dx%d %s at kimg %.2f: re-wrapped in %.3f s", stage.resolution, stage.resolution,
+                         stage.phase, self.nimg / 1000, self.transitions[-1]["seconds"])
+        micro, self.accum = dataclasses.replace(self.cfg.train, batch=stage.batch).accumulation(
+            self.engine.world_size)
+        if self.loader is None or micro != self.micro:
+            if self.loader is not None:
+                data_state = self.loader.state_dict()
+                self.loader.close()
+            self.micro = micro
+            self.loader = self._open_loader(data_state)
+
+    def _wrap(self, stage: Stage, carry: bool) -> None:
+        o = self.cfg.optim
+        scale = o.lr_scale(stage.batch)
+        saved = {}
+        for name in ("G", "D"):
+            net = getattr(self, name)
+            if net is not None:
+                if carry:
+                    saved[name] = _optimizer_by_name(net)
+                self.engine.release(net)
+        self.G = self.engine.setup(_view(self.G_model), lambda params: make_optimizer(o, params, stage.g_lr * scale))
+        self.D = self.engine.setup(_view(self.D_model),
+                                   lambda params: make_optimizer(o, params, stage.d_lr * scale, self.ratio))
+        for name, by_name in saved.items():
+            _load_optimizer_by_name(getattr(self, name), by_name)
+
+    def _open_loader(self, state: dict[str, Any] | None) -> StreamLoader | ToyLoader:
+        cfg, engine = self.cfg, self.engine
+        if self.toy:
+            return ToyLoader(self.toy, self.micro, cfg.run.seed, engine.rank, engine.world_size, state)
+        return StreamLoader(self.manifest, batch_size=self.micro, seed=cfg.run.seed, shuffle=cfg.data.shuffle,
+                            rank=engine.rank, world_size=engine.world_size, num_workers=cfg.data.workers,
+                            state=state, sampling=cfg.data.sampling, pin_memory=self.device.type == "cuda")
 
     # ---- phases -----------------------------------------------------------------------------------
     # Each loss runs under the engine's autocast. The network being trained is called through
@@ -259,7 +348,7 @@ class Trainer:
             self.stats.add("Loss/feature_matching", fm)
             loss = loss + fm * L.feature_matching
         if L.ortho.weight and self.g_step % L.ortho.interval == 0:
-            ortho = losses.orthogonal_penalty(_filters(self.G.raw))
+            ortho = losses.orthogonal_penalty(_filters(self.G.raw))  # the active filters
             self.stats.add("Loss/ortho", ortho)
             loss = loss + ortho * (L.ortho.weight * L.ortho.interval)
         return loss
@@ -272,29 +361,30 @@ class Trainer:
     def _latents(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...]]:
         """This rank's slice of latents (and fake labels) drawn for the whole global batch, split into
         micro-batches: accumulation and data parallelism see exactly what one large batch would."""
-        batch, per_rank = self.cfg.train.batch, self.micro * self.accum
+        batch, per_rank = self.stage.batch, self.micro * self.accum
         mine = slice(self.engine.rank * per_rank, (self.engine.rank + 1) * per_rank)
-        z = torch.randn(batch, self.G.raw.z_dim, generator=self.gen)[mine].to(self.device)
-        if not self.G.raw.num_classes:
+        z = torch.randn(batch, self.G_model.z_dim, generator=self.gen)[mine].to(self.device)
+        if not self.G_model.num_classes:
             return z.split(self.micro), (None,) * self.accum
-        c = torch.randint(self.G.raw.num_classes, (batch,), generator=self.gen)[mine].to(self.device)
+        c = torch.randint(self.G_model.num_classes, (batch,), generator=self.gen)[mine].to(self.device)
         return z.split(self.micro), c.split(self.micro)
 
     def _run_phase(self, phase: Phase, reals: list[torch.Tensor], labels: list[torch.Tensor]) -> bool:
+        trained = self.G if phase.net == "G" else self.D
         for net in (self.G, self.D):  # a frozen D in the G phase keeps G's gradients out of D
-            net.raw.requires_grad_(net is phase.net)
+            net.raw.requires_grad_(net is trained)
         zs, cs = self._latents()
         if self.needs_rand:
             seed = int(torch.randint(2 ** 62, (1,), generator=self.gen))
             self.rand.manual_seed(seed + self.engine.rank)
         for i in range(self.accum):
-            sync = contextlib.nullcontext() if i == self.accum - 1 else phase.net.no_sync()
+            sync = contextlib.nullcontext() if i == self.accum - 1 else trained.no_sync()
             with sync:
                 with self.engine.autocast():
                     loss = phase.loss(reals[i], labels[i], zs[i], cs[i])
-                phase.net.backward(loss / self.accum)
-        applied, norm = phase.net.step()
-        if phase.net is self.D and self.cfg.loss.clip:  # WGAN: the critic's weights stay in [-c, c]
+                trained.backward(loss / self.accum)
+        applied, norm = trained.step()
+        if trained is self.D and self.cfg.loss.clip:  # WGAN: the critic's weights stay in [-c, c]
             with torch.no_grad():
                 for p in self.D.raw.parameters():
                     p.clamp_(-self.cfg.loss.clip, self.cfg.loss.clip)
@@ -312,8 +402,11 @@ class Trainer:
                 labels.append(c.to(self.device))
                 continue
             x = x / 127.5 - 1
-            if x.shape[-1] != self.spec.resolution:  # shards packed larger than the model: box filter
-                x = F.avg_pool2d(x, x.shape[-1] // self.spec.resolution)
+            resolution = self.stage.resolution
+            if x.shape[-1] != resolution:  # shards packed larger than the model (or stage): box filter
+                x = F.avg_pool2d(x, x.shape[-1] // resolution)
+            if self.stage.alpha < 1:  # fading in: reals blended with their down-then-up-sampled version too
+                x = torch.lerp(F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest"), x, self.stage.alpha)
             reals.append(x)
             labels.append(c.to(self.device, non_blocking=True))
         return reals, labels
@@ -321,10 +414,13 @@ class Trainer:
     def train_step(self) -> None:
         noise = self.cfg.loss.instance_noise
         self.noise_std = noise.std * (max(0.0, 1 - self.nimg / (noise.anneal_kimg * 1000)) if noise.anneal_kimg else 1)
+        stage = self.schedule.at(self.nimg)
+        if stage != self.stage:
+            self._enter(stage)
         reals, labels = self._real_batch()
         g_applied = True
         for phase in self.phases:
-            is_g = phase.net is self.G
+            is_g = phase.net == "G"
             if is_g and (self.step + 1) % self.cfg.train.d_steps:
                 continue
             if (self.g_step if is_g else self.step) % phase.interval:
@@ -333,10 +429,10 @@ class Trainer:
             g_applied = g_applied and (applied or not is_g)
         if (self.step + 1) % self.cfg.train.d_steps == 0:
             self.g_step += 1
-        batch = self.cfg.train.batch
+        batch = self.stage.batch
         if g_applied:  # a G step skipped for fp16 overflow leaves G_ema alone too
-            update_ema(self.G_ema, self.G.raw, ema_beta(batch, self.nimg, self.cfg.train.ema_kimg,
-                                                        self.cfg.train.ema_rampup))
+            update_ema(self.G_ema, self.G_model, ema_beta(batch, self.nimg, self.cfg.train.ema_kimg,
+                                                          self.cfg.train.ema_rampup))
         self.nimg += batch
         self.step += 1
 
@@ -348,8 +444,10 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "spec": dataclasses.asdict(self.spec),
             "counters": {"nimg": self.nimg, "step": self.step, "g_step": self.g_step, "elapsed": self.elapsed},
-            "G": self.G.state_dict(),  # weights, optimizer and (fp16) loss scaler of each network
-            "D": self.D.state_dict(),
+            # Weights of the full network, optimizer state (of the current stage's active parameters) and the
+            # fp16 loss scaler of each network.
+            "G": {**self.G.state_dict(), "model": self.G_model.state_dict()},
+            "D": {**self.D.state_dict(), "model": self.D_model.state_dict()},
             "G_ema": self.G_ema.state_dict(),
             "rng": {
                 "latents": self.gen.get_state(),
@@ -363,8 +461,10 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
+        for name, model in (("G", self.G_model), ("D", self.D_model)):
+            model.load_state_dict(state[name]["model"])
+            net = getattr(self, name)
+            net.load_state_dict({**state[name], "model": net.raw.state_dict()})
         self.G_ema.load_state_dict(state["G_ema"])
         counters = state["counters"]
         self.nimg, self.step, self.g_step = counters["nimg"], counters["step"], counters["g_step"]
@@ -395,11 +495,14 @@ class Trainer:
         if not self.engine.is_main:
             return
         if self.toy:
-            grid = self.toy.render(self.G.raw, self.device)  # the trained G, as the toy figures
+            grid = self.toy.render(self.G_model, self.device)  # the trained G, as the toy figures
         else:
             g = self.cfg.log.grid
             z, c = latents(g * g, self.G_ema, GRID_SEED, rows=g, device=self.device)
-            grid = make_grid(to_uint8(generate(self.G_ema, z, c)), g)
+            images = generate(self.G_ema, z, c)
+            if images.shape[-1] != self.spec.resolution:  # a growing model: upsampled for display
+                images = F.interpolate(images, size=self.spec.resolution, mode="nearest")
+            grid = make_grid(to_uint8(images), g)
         if grid is not None:
             save_png(grid, self.run_dir / f"fakes-{self.nimg:010d}.png")
             monitor.image("fakes", grid, self.nimg)
@@ -459,8 +562,11 @@ class Trainer:
                     self.stats.add("Data/skipped", torch.tensor(float(self.loader.skipped)))
                     self.stats.add("LR/G", torch.tensor(self.G.optimizer.param_groups[0]["lr"]))
                     self.stats.add("LR/D", torch.tensor(self.D.optimizer.param_groups[0]["lr"]))
+                    self.stats.add("Progress/resolution", torch.tensor(float(self.stage.resolution)))
+                    self.stats.add("Progress/alpha", torch.tensor(self.stage.alpha))
+                    self.stats.add("Progress/batch", torch.tensor(float(self.stage.batch)))
                     if self.toy:  # the same on every rank (identical weights): a cheap collective-safe figure
-                        for key, value in self.toy.evaluate(self.G.raw, self.D.raw, self.device).items():
+                        for key, value in self.toy.evaluate(self.G_model, self.D_model, self.device).items():
                             self.stats.add(key, torch.tensor(value))
                     scalars = monitor.report(self.nimg, self.stats.reduce(self.engine), self.device)
                 if due("image_kimg"):
