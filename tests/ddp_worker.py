@@ -6,6 +6,7 @@ any world size x accumulation split must reproduce the single-process result.
     python -m torch.distributed.run --nproc-per-node W tests/ddp_worker.py DATA OUT ENGINE MICRO STEPS [k=v ...]
 """
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -61,9 +62,14 @@ def main() -> None:
         trainer.phases[-1].loss = g_main_unfrozen
     for _ in range(int(steps)):
         trainer.train_step()
+    # Every rank must hold the same weights (a missed gradient reduction would show here first).
+    flat = torch.cat([p.detach().flatten() for m in (trainer.G_model, trainer.D_model) for p in m.parameters()])
+    digests = engine.gather(hashlib.sha256(flat.cpu().numpy().tobytes()).hexdigest())
+    assert len(set(digests)) == 1, f"ranks disagree on the weights: {digests}"
     nets = {"G": trainer.G.state_dict(), "D": trainer.D.state_dict()}  # collective under ZeRO
     if engine.is_main:
-        torch.save({"G": nets["G"]["model"], "D": nets["D"]["model"], "G_ema": trainer.G_ema.state_dict(),
+        torch.save({"G": trainer.G_model.state_dict(), "D": trainer.D_model.state_dict(),
+                    "G_ema": trainer.G_ema.state_dict(),
                     "G_opt": nets["G"]["optimizer"], "D_opt": nets["D"]["optimizer"]}, out)
     engine.close()
 

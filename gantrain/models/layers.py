@@ -34,10 +34,12 @@ class MinibatchStdDev(nn.Module):
         g = min(self.group, n)
         if n % g:
             raise ValueError(f"minibatch stddev: group size {g} does not divide the batch of {n}")
-        y = x.reshape(g, n // g, *x.shape[1:]).float()  # sample i is in group i % (n // g), as in ProGAN
-        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt()  # [n // g, C, ...]
+        # Groups of consecutive samples (ProGAN's code strides them instead): then a rank's slice of a
+        # global batch holds whole groups, and data-parallel training computes what one process would.
+        y = x.reshape(n // g, g, *x.shape[1:]).float()
+        std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt()  # [n // g, C, ...]
         stat = std.flatten(1).mean(1).to(x.dtype)  # one number per group
-        stat = stat.repeat(g).view(n, 1, *([1] * (x.dim() - 2))).expand(n, 1, *x.shape[2:])
+        stat = stat.repeat_interleave(g).view(n, 1, *([1] * (x.dim() - 2))).expand(n, 1, *x.shape[2:])
         return torch.cat([x, stat], dim=1)
 
 

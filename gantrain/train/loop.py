@@ -250,8 +250,10 @@ class Trainer:
                 if carry:
                     saved[name] = _optimizer_by_name(net)
                 self.engine.release(net)
-        self.G = self.engine.setup(_view(self.G_model), lambda params: make_optimizer(o, params, stage.g_lr * scale))
-        self.D = self.engine.setup(_view(self.D_model),
+        # requires_grad on: a wrapper refuses a module it sees frozen (the last phase froze one of them).
+        self.G = self.engine.setup(_view(self.G_model).requires_grad_(True),
+                                   lambda params: make_optimizer(o, params, stage.g_lr * scale))
+        self.D = self.engine.setup(_view(self.D_model).requires_grad_(True),
                                    lambda params: make_optimizer(o, params, stage.d_lr * scale, self.ratio))
         for name, by_name in saved.items():
             _load_optimizer_by_name(getattr(self, name), by_name)
