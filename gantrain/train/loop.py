@@ -222,15 +222,11 @@ class Trainer:
         for model in (self.G_model, self.D_model, self.G_ema):
             if hasattr(model, "set_stage"):
                 model.set_stage(stage.resolution, stage.alpha)
-        if old is None or old.structure != stage.structure:
-            start = time.perf_counter()
+        start = time.perf_counter()
+        rewrap = old is None or old.structure != stage.structure
+        if rewrap:
             reset = old is not None and old.resolution != stage.resolution and self.cfg.progressive.reset_optimizer
             self._wrap(stage, carry=old is not None and not reset)
-            self.transitions.append({"nimg": self.nimg, "resolution": stage.resolution, "fade": stage.alpha < 1,
-                                     "seconds": time.perf_counter() - start})
-            if old is not None:
-                log.info("stage %dx%d %s at kimg %.2f: re-wrapped in %.3f s", stage.resolution, stage.resolution,
-                         stage.phase, self.nimg / 1000, self.transitions[-1]["seconds"])
         micro, self.accum = dataclasses.replace(self.cfg.train, batch=stage.batch).accumulation(
             self.engine.world_size)
         if self.loader is None or micro != self.micro:
@@ -239,6 +235,12 @@ class Trainer:
                 self.loader.close()
             self.micro = micro
             self.loader = self._open_loader(data_state)
+        if rewrap:  # the cost of a transition: re-wrap, optimizer hand-over, reopening the stream
+            self.transitions.append({"nimg": self.nimg, "resolution": stage.resolution, "fade": stage.alpha < 1,
+                                     "seconds": time.perf_counter() - start})
+            if old is not None:
+                log.info("stage %dx%d %s at kimg %.2f: re-wrapped in %.3f s", stage.resolution, stage.resolution,
+                         stage.phase, self.nimg / 1000, self.transitions[-1]["seconds"])
 
     def _wrap(self, stage: Stage, carry: bool) -> None:
         o = self.cfg.optim
