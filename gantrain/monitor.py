@@ -129,7 +129,11 @@ class Monitor:
         fields = "  ".join(f"{k.split('/')[-1]} {scalars[k]:.4g}" for k in shown if k in scalars)
         message = f"tick {self.tick:<4d} kimg {nimg / 1000:<8.2f} {fields}"
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{scalars['Timing/img_per_sec']:.0f} img/s", refresh=False)
+            postfix = f"{scalars['Timing/img_per_sec']:.0f} img/s"
+            if "Progress/resolution" in scalars:  # a growing model: where in the schedule it is
+                res = int(scalars["Progress/resolution"])
+                postfix += f"  {res}x{res} alpha {scalars['Progress/alpha']:.2f}"
+            self.bar.set_postfix_str(postfix, refresh=False)
         log.info(message)
         return scalars
 

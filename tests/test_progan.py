@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import tiny_config
 from gantrain import config as config_mod
@@ -164,3 +166,9 @@ def test_resume_mid_fade_is_bit_exact_across_a_batch_change(digits16, tmp_path):
         assert torch.equal(value, b["G_ema"][key]), key
     assert a["data"] == b["data"]
     assert resumed["scalars"]["Progress/resolution"] == 16
+    # Grids are drawn at the stage's resolution and upsampled for display (8x8 samples at 128 images).
+    assert Image.open(tmp_path / "full" / "fakes-0000000128.png").size == (8 * 16, 8 * 16)
+    acc = EventAccumulator(str(tmp_path / "full" / "tb"))
+    acc.Reload()
+    assert {e.value for e in acc.Scalars("Progress/resolution")} == {4.0, 8.0, 16.0}
+    assert 0 < min(e.value for e in acc.Scalars("Progress/alpha")) < 1

@@ -566,9 +566,10 @@ class Trainer:
                     self.stats.add("Data/skipped", torch.tensor(float(self.loader.skipped)))
                     self.stats.add("LR/G", torch.tensor(self.G.optimizer.param_groups[0]["lr"]))
                     self.stats.add("LR/D", torch.tensor(self.D.optimizer.param_groups[0]["lr"]))
-                    self.stats.add("Progress/resolution", torch.tensor(float(self.stage.resolution)))
-                    self.stats.add("Progress/alpha", torch.tensor(self.stage.alpha))
-                    self.stats.add("Progress/batch", torch.tensor(float(self.stage.batch)))
+                    if cfg.progressive.enabled:
+                        self.stats.add("Progress/resolution", torch.tensor(float(self.stage.resolution)))
+                        self.stats.add("Progress/alpha", torch.tensor(self.stage.alpha))
+                        self.stats.add("Progress/batch", torch.tensor(float(self.stage.batch)))
                     if self.toy:  # the same on every rank (identical weights): a cheap collective-safe figure
                         for key, value in self.toy.evaluate(self.G_model, self.D_model, self.device).items():
                             self.stats.add(key, torch.tensor(value))
