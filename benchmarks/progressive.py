@@ -34,15 +34,16 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     logging.getLogger("gantrain").setLevel(logging.WARNING)
+    # Shared by the ranks of a torchrun launch (each has its own temp dir for the run itself).
+    data = Path(tempfile.gettempdir()) / f"gantrain-bench-mnist5k-{args.resolution}"
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
         k = args.kimg_per_phase
         overrides = [f"data.path={data}", "data.workers=0", f"progressive.stabilize_kimg={k}",
                      f"progressive.fade_kimg={k}", f"train.kimg={7 * k + k}", "log.progress=false",
                      *args.overrides]
         cfg = config_mod.load(ROOT / "configs/progan-cpu.yaml", overrides)
         engine = make_engine(cfg)
-        if engine.is_main:
+        if engine.is_main and not (data / "manifest.json").exists():
             pack(open_source("mnist5k"), data, args.resolution, progress=False)
         engine.any(False)  # the other ranks wait for the shards
         cfg = resolve(cfg, read_manifest(data), engine.world_size)

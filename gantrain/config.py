@@ -351,6 +351,18 @@ class Config:
             # ZeRO keeps its own fp32 master partition: clamping the module's weights would be undone.
             _check(not loss.clip, "loss.clip", "weight clipping needs engine.zero_stage=0 with deepspeed "
                    f"(ZeRO-{self.engine.zero_stage} keeps its own master weights)")
+        if self.engine.name == "deepspeed":
+            # DeepSpeed 0.19 runs its backward hooks on every backward through its engine's outputs,
+            # including the autograd.grad that takes a penalty's input gradient: ZeRO-0 refuses it,
+            # ZeRO-2 breaks on it inside a main phase (an empty reduce bucket). A lazy phase works.
+            for name in ("r1", "r2", "gp"):
+                reg = getattr(loss, name)
+                if reg.weight and self.engine.zero_stage == 0:
+                    _check(False, f"loss.{name}.weight", "gradient penalties need engine.zero_stage 1 or 2 with "
+                           "deepspeed (ZeRO-0 refuses the input-gradient pass)")
+                if reg.weight and self.engine.zero_stage == 2:
+                    _check(reg.interval > 1, f"loss.{name}.interval", "must be >= 2 (a lazy phase) with deepspeed "
+                           "ZeRO-2: its hooks break on an input-gradient pass inside the main D phase")
         if model.conditioning == "acgan":
             _check(model.conditional, "model.conditioning", "acgan needs model.conditional=true")
         if self.progressive.enabled:

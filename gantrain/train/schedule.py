@@ -60,6 +60,8 @@ class Schedule:
 
     def _stage(self, resolution: int, alpha: float, phase: str) -> Stage:
         p, o = self.cfg.progressive, self.cfg.optim
+        if not p.enabled:
+            return Stage(resolution, alpha, phase, self.cfg.train.batch, o.g_lr, o.d_lr)
         return Stage(resolution, alpha, phase, p.batch.get(resolution, self.cfg.train.batch),
                      p.g_lr.get(resolution, o.g_lr), p.d_lr.get(resolution, o.d_lr))
 
