@@ -50,6 +50,15 @@ class _Progressive:
     def fading(self) -> bool:
         return self.alpha < 1
 
+    def _active_path(self, rgb: str) -> dict[str, nn.Module]:
+        """The blocks up to the current resolution and its RGB layer (the previous one too while fading)."""
+        k, layers = self.level, getattr(self, rgb)
+        active = {f"blocks.{i}": self.blocks[i] for i in range(k + 1)}
+        active[f"{rgb}.{k}"] = layers[k]
+        if self.fading:
+            active[f"{rgb}.{k - 1}"] = layers[k - 1]
+        return active
+
 
 class GBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int):
@@ -90,11 +99,7 @@ class ProGANGenerator(_Progressive, Generator):
         self.set_stage(spec.resolution)
 
     def active_modules(self) -> dict[str, nn.Module]:
-        k = self.level
-        active = {f"blocks.{i}": self.blocks[i] for i in range(k + 1)}
-        active[f"to_rgb.{k}"] = self.to_rgb[k]
-        if self.fading:
-            active[f"to_rgb.{k - 1}"] = self.to_rgb[k - 1]
+        active = self._active_path("to_rgb")
         if self.embed is not None:
             active["embed"] = self.embed
         return active
@@ -169,11 +174,7 @@ class ProGANDiscriminator(_Progressive, Discriminator):
         self.set_stage(spec.resolution)
 
     def active_modules(self) -> dict[str, nn.Module]:
-        k = self.level
-        active = {f"blocks.{i}": self.blocks[i] for i in range(k + 1)}
-        active[f"from_rgb.{k}"] = self.from_rgb[k]
-        if self.fading:
-            active[f"from_rgb.{k - 1}"] = self.from_rgb[k - 1]
+        active = self._active_path("from_rgb")
         active["head"] = self.head
         return active
 
