@@ -109,3 +109,10 @@ def test_cli_takes_overrides_before_and_after_options():
         parse_args(["train", "c.yaml", "--bogus"])
     with pytest.raises(SystemExit):
         parse_args(["pack", "src", "out", "--resolution", "8", "x=1"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_load_and_validate(path):
+    cfg = config_mod.load(path)
+    assert cfg.data.path or cfg.data.toy.name != "none"
