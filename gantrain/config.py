@@ -355,14 +355,12 @@ class Config:
             # DeepSpeed 0.19 runs its backward hooks on every backward through its engine's outputs,
             # including the autograd.grad that takes a penalty's input gradient: ZeRO-0 refuses it,
             # ZeRO-2 breaks on it inside a main phase (an empty reduce bucket). A lazy phase works.
-            for name in ("r1", "r2", "gp"):
-                reg = getattr(loss, name)
-                if reg.weight and self.engine.zero_stage == 0:
-                    _check(False, f"loss.{name}.weight", "gradient penalties need engine.zero_stage 1 or 2 with "
-                           "deepspeed (ZeRO-0 refuses the input-gradient pass)")
-                if reg.weight and self.engine.zero_stage == 2:
-                    _check(reg.interval > 1, f"loss.{name}.interval", "must be >= 2 (a lazy phase) with deepspeed "
-                           "ZeRO-2: its hooks break on an input-gradient pass inside the main D phase")
+            stage = self.engine.zero_stage
+            for name in (n for n in ("r1", "r2", "gp") if getattr(loss, n).weight):
+                _check(stage != 0, f"loss.{name}.weight", "gradient penalties need engine.zero_stage 1 or 2 with "
+                       "deepspeed (ZeRO-0 refuses the input-gradient pass)")
+                _check(stage != 2 or getattr(loss, name).interval > 1, f"loss.{name}.interval", "must be >= 2 (a "
+                       "lazy phase) with deepspeed ZeRO-2: its hooks break on an input-gradient pass inside D main")
         if model.conditioning == "acgan":
             _check(model.conditional, "model.conditioning", "acgan needs model.conditional=true")
         if self.progressive.enabled:

@@ -263,3 +263,14 @@ def test_every_option_trains_through_the_loop(digits16, tmp_path, case):
         state = torch.load(result["checkpoint"], weights_only=True)
         weights = [v for k, v in state["D"]["model"].items() if v.is_floating_point() and "running" not in k]
         assert max(w.abs().max().item() for w in weights) <= 0.01 + 1e-7
+
+
+def test_orthogonal_regularization_sees_equalized_layers_as_applied():
+    """ProGAN's layers keep N(0, 1) weights and a run-time scale: the penalty must see the scaled ones."""
+    from gantrain.models.layers import EqualizedConv2d, EqualizedLinear
+    from gantrain.train.loop import _filters
+
+    net = torch.nn.Sequential(EqualizedLinear(16, 8), EqualizedConv2d(8, 4, 3))
+    filters = _filters(net)
+    assert [tuple(w.shape) for w in filters] == [(8, 16), (4, 8, 3, 3)]
+    assert torch.allclose(filters[0], net[0].weight * net[0].scale)

@@ -1,6 +1,7 @@
 """ProGAN and the progressive schedule: continuity at every transition, equalized learning rate, the
 schedule as a pure function of images seen, and resume in the middle of a fade."""
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import tiny_config
 from gantrain import config as config_mod
+from gantrain.config import ConfigError
 from gantrain.models import DataSpec, build
 from gantrain.models.layers import EqualizedConv2d, EqualizedLinear
 from gantrain.train.loop import run
@@ -140,6 +142,14 @@ def _progressive_config(digits16, kimg, **train):
                        loss={"name": "wgan-gp", "gp": {"weight": 10.0}, "drift": {"weight": 0.001}},
                        train={"kimg": kimg, **train},
                        log={"tick_kimg": 0.032, "image_kimg": 0.128, "snapshot_kimg": 0.112})
+
+
+def test_start_resolution_above_the_model_is_a_config_error(digits16, tmp_path):
+    cfg = _progressive_config(digits16, 0.1)
+    cfg = cfg.replace(progressive=dataclasses.replace(cfg.progressive, start_resolution=32))
+    with pytest.raises(ConfigError, match=r"^progressive.start_resolution: 32 exceeds the model's resolution 16$"):
+        run(cfg, tmp_path)
+    assert not list(tmp_path.glob("checkpoint-*"))
 
 
 @pytest.mark.slow

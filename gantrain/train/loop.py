@@ -38,12 +38,12 @@ from torch import nn
 from gantrain import config as config_mod
 from gantrain import losses, models
 from gantrain.atomic import atomic_write
-from gantrain.config import Config, ConfigError
-from gantrain.config import OptimConfig
+from gantrain.config import Config, ConfigError, OptimConfig
 from gantrain.data.stream import Manifest, StreamLoader, read_manifest, samples
 from gantrain.data.toy import ToyLoader, ToyProblem
 from gantrain.engines import Engine, Net, make_engine
 from gantrain.models import DOutput
+from gantrain.models.layers import EqualizedConv2d, EqualizedLinear
 from gantrain.monitor import Monitor, Stats, setup_logging
 from gantrain.sampling import generate, latents, make_grid, save_png, to_uint8
 from gantrain.train import checkpoint
@@ -71,13 +71,14 @@ def _unused(out: DOutput) -> torch.Tensor:
 
 
 def _filters(module: torch.nn.Module) -> list[torch.Tensor]:
-    """Conv and linear weights with output filters first (BigGAN's orthogonal regularization set)."""
+    """Conv and linear weights as applied, output filters first (BigGAN's orthogonal regularization set):
+    transposed convs keep outputs in dim 1, equalized-lr layers apply their run-time scale."""
     out = []
     for m in module.modules():
         if isinstance(m, torch.nn.ConvTranspose2d):
             out.append(m.weight.transpose(0, 1))
-        elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-            out.append(m.weight)
+        elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, EqualizedConv2d, EqualizedLinear)):
+            out.append(m.weight * getattr(m, "scale", 1.0))
     return out
 
 
@@ -135,6 +136,9 @@ def resolve(cfg: Config, manifest: Manifest | None, world_size: int) -> Config:
     if resolution > manifest.resolution:
         raise ConfigError("model.resolution", f"{resolution} exceeds the data's {manifest.resolution} "
                           f"({manifest.root}); repack at a higher --resolution")
+    if cfg.progressive.enabled and cfg.progressive.start_resolution > resolution:
+        raise ConfigError("progressive.start_resolution", f"{cfg.progressive.start_resolution} exceeds the model's "
+                          f"resolution {resolution}")
     if cfg.model.conditional and manifest.num_classes < 2:
         raise ConfigError("model.conditional", f"the data in {manifest.root} has only one class")
     micro, _ = cfg.train.accumulation(world_size)
@@ -185,7 +189,6 @@ class Trainer:
         # from the checkpointed one at every phase, different per rank.
         self.needs_rand = "gp" in penalties or L.instance_noise.std > 0
         self.rand = torch.Generator(device=self.device)
-        self.noise_std = 0.0
         if "gp" in penalties and cfg.model.norm == "batch" and cfg.model.name == "dcgan":
             log.warning("loss.gp with batch norm in D: the penalty is per sample but batch norm couples the "
                         "samples (Gulrajani et al. drop it); consider model.norm=none")
@@ -303,22 +306,18 @@ class Trainer:
         return loss
 
     def _d_reg(self, name: str, real, real_c, z, c) -> torch.Tensor:
-        """A lazy gradient penalty as its own phase."""
-        out = None
+        """A lazy gradient penalty as its own phase (gp makes its own forward on interpolates)."""
         if name == "r1":
-            real = self._noisy(real).detach().requires_grad_(True)
-            out = self.D.module(real, real_c, features=True)
+            x, x_c = self._noisy(real), real_c
         else:
             with torch.no_grad():
                 fake = self._noisy(self.G.raw(z, c))
-            if name == "r2":
-                fake.requires_grad_(True)
-                out = self.D.module(fake, c, features=True)
-            else:
-                real = self._noisy(real)
-        penalty = self._penalty(name, real, real_c, fake if name != "r1" else None, c,
-                                None if out is None else out.logits.float())
-        return penalty if out is None else penalty + _unused(out)
+            if name == "gp":
+                return self._penalty(name, self._noisy(real), real_c, fake, c, None)
+            x, x_c = fake, c
+        x = x.detach().requires_grad_(True)
+        out = self.D.module(x, x_c, features=True)
+        return self._penalty(name, x, real_c, x, c, out.logits.float()) + _unused(out)
 
     def _penalty(self, name: str, real, real_c, fake, c, logits) -> torch.Tensor:
         """The weighted penalty NAME (r1, r2: at the given LOGITS' inputs; gp: at fresh interpolates)."""
@@ -358,9 +357,12 @@ class Trainer:
         return loss
 
     def _noisy(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.noise_std:
+        """Instance noise on a D input, its std annealed linearly over instance_noise.anneal_kimg."""
+        noise = self.cfg.loss.instance_noise
+        std = noise.std * (max(0.0, 1 - self.nimg / (noise.anneal_kimg * 1000)) if noise.anneal_kimg else 1)
+        if not std:
             return x
-        return x + self.noise_std * torch.randn(x.shape, generator=self.rand, device=x.device, dtype=x.dtype)
+        return x + std * torch.randn(x.shape, generator=self.rand, device=x.device, dtype=x.dtype)
 
     def _latents(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...]]:
         """This rank's slice of latents (and fake labels) drawn for the whole global batch, split into
@@ -401,23 +403,22 @@ class Trainer:
         for _ in range(self.accum):
             images, c = next(self.loader)
             x = images.to(self.device, non_blocking=True).to(torch.float32)
-            if self.toy:
-                reals.append(x)
-                labels.append(c.to(self.device))
-                continue
-            x = x / 127.5 - 1
-            resolution = self.stage.resolution
-            if x.shape[-1] != resolution:  # shards packed larger than the model (or stage): box filter
-                x = F.avg_pool2d(x, x.shape[-1] // resolution)
-            if self.stage.alpha < 1:  # fading in: reals blended with their down-then-up-sampled version too
-                x = torch.lerp(F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest"), x, self.stage.alpha)
+            if not self.toy:  # toy samples are vectors already in model space
+                x = self._at_stage(x / 127.5 - 1)
             reals.append(x)
             labels.append(c.to(self.device, non_blocking=True))
         return reals, labels
 
+    def _at_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """Real images at the stage's resolution (box filter from the packed size); while a block fades
+        in, blended with their down-then-up-sampled version by the same alpha as G and D."""
+        if x.shape[-1] != self.stage.resolution:
+            x = F.avg_pool2d(x, x.shape[-1] // self.stage.resolution)
+        if self.stage.alpha < 1:
+            x = torch.lerp(F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest"), x, self.stage.alpha)
+        return x
+
     def train_step(self) -> None:
-        noise = self.cfg.loss.instance_noise
-        self.noise_std = noise.std * (max(0.0, 1 - self.nimg / (noise.anneal_kimg * 1000)) if noise.anneal_kimg else 1)
         stage = self.schedule.at(self.nimg)
         if stage != self.stage:
             self._enter(stage)
