@@ -150,6 +150,10 @@ def test_start_resolution_above_the_model_is_a_config_error(digits16, tmp_path):
     with pytest.raises(ConfigError, match=r"^progressive.start_resolution: 32 exceeds the model's resolution 16$"):
         run(cfg, tmp_path)
     assert not list(tmp_path.glob("checkpoint-*"))
+    cfg = _progressive_config(digits16, 0.1)
+    cfg = cfg.replace(progressive=dataclasses.replace(cfg.progressive, batch={4: 32, 8: 6}))
+    with pytest.raises(ConfigError, match=r"^model.minibatch_group: 4 does not divide the micro-batch of 6 images"):
+        run(cfg, tmp_path)
 
 
 @pytest.mark.slow

@@ -127,8 +127,12 @@ def make_optimizer(o: OptimConfig, params: Any, lr: float, ratio: float = 1.0) -
 def resolve(cfg: Config, manifest: Manifest | None, world_size: int) -> Config:
     """Fill in what the config leaves to the data and the world size; refuse impossible combinations."""
     if cfg.progressive.enabled:  # the batch changes with the resolution: check every one now
+        group = cfg.model.minibatch_group
         for batch in {cfg.train.batch, *cfg.progressive.batch.values()}:
-            dataclasses.replace(cfg.train, batch=batch).accumulation(world_size)
+            micro, _ = dataclasses.replace(cfg.train, batch=batch).accumulation(world_size)
+            if cfg.model.minibatch == "stddev" and micro > group and micro % group:
+                raise ConfigError("model.minibatch_group", f"{group} does not divide the micro-batch of {micro} "
+                                  f"images (global batch {batch} over {world_size} ranks)")
     if manifest is None:  # a toy problem: samples are vectors
         micro, _ = cfg.train.accumulation(world_size)
         return cfg.replace(train=dataclasses.replace(cfg.train, micro_batch=micro)).validate()
