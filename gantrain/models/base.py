@@ -24,6 +24,9 @@ class DataSpec:
 
 
 class Generator(nn.Module):
+    """Style-based generators also expose `mapping(z, c) -> w`, `synthesis(w) -> images` and a `w_avg`
+    buffer; the sampling tools then interpolate and truncate in w instead of z (gantrain.visual)."""
+
     z_dim: int
     num_classes: int  # 0: unconditional
 

@@ -53,6 +53,22 @@ def save(run_dir: Path, state: dict[str, Any], nimg: int, keep: int,
     return path
 
 
+BEST = "checkpoint-best.pt"
+BEST_EXPORT = "G_ema-best.safetensors"
+
+
+def save_best(run_dir: Path, state: dict[str, Any], g_ema: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """The checkpoint with the best evaluation figure so far (never pruned, replaced atomically by a better one)
+    and its G_ema export; metadata["best"] says which figure, its value and the kimg."""
+    path = run_dir / BEST
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in g_ema.items()}
+    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    atomic_save(run_dir / BEST_EXPORT, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints in the run dir, oldest first."""
     return sorted(p for p in Path(run_dir).glob("checkpoint-*.pt") if _NAME.search(p.name))

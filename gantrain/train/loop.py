@@ -42,6 +42,9 @@ from gantrain.config import Config, ConfigError, OptimConfig
 from gantrain.data.stream import Manifest, StreamLoader, read_manifest, samples
 from gantrain.data.toy import ToyLoader, ToyProblem
 from gantrain.engines import Engine, Net, make_engine
+from gantrain.metrics import HIGHER_IS_BETTER
+from gantrain.metrics.evaluate import evaluate
+from gantrain.metrics.features import load_extractor
 from gantrain.models import DOutput
 from gantrain.models.layers import EqualizedConv2d, EqualizedLinear
 from gantrain.monitor import Monitor, Stats, setup_logging
@@ -218,6 +221,10 @@ class Trainer:
         if state is not None:
             self._restore(state)
         self._stop_signal: int | None = None
+        # Evaluation during training: every rank embeds its share of the samples (gantrain.metrics).
+        self.extractor = load_extractor(cfg.eval.extractor, cfg.eval.extractor_path, self.device) \
+            if cfg.eval.metrics else None
+        self.best: dict[str, Any] | None = state.get("eval", {}).get("best") if state else None
 
     # ---- stages -----------------------------------------------------------------------------------
     def _enter(self, stage: Stage, data_state: dict[str, Any] | None = None) -> None:
@@ -467,6 +474,7 @@ class Trainer:
                 "python": random.getstate(),
             },
             "data": self.engine.gather(self.loader.state_dict()),  # one cursor per rank
+            "eval": {"best": self.best},  # best figure so far: {figure, value, nimg} or None
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -500,6 +508,25 @@ class Trainer:
         return path
 
     # ---- side effects -----------------------------------------------------------------------------
+    def _evaluate(self, monitor: Monitor) -> None:
+        """Collective: metrics of G_ema (every rank embeds its share); rank 0 logs them and, on a new best
+        of eval.best, writes checkpoint-best.pt and its G_ema export."""
+        figures = evaluate(self.G_ema, self.extractor, self.manifest, self.cfg.eval, self.device)
+        monitor.metrics(self.nimg, figures)
+        name = self.cfg.eval.best_figure
+        value = figures[name]
+        better = self.best is None or (value > self.best["value"] if HIGHER_IS_BETTER[name]
+                                       else value < self.best["value"])
+        if not better:
+            return
+        self.best = {"figure": name, "value": value, "nimg": self.nimg}
+        state = self.state_dict()  # collective
+        if self.engine.is_main:
+            meta = {"config": self.cfg.to_dict(), "spec": dataclasses.asdict(self.spec), "nimg": self.nimg,
+                    "best": self.best}
+            path = checkpoint.save_best(self.run_dir, state, self.G_ema.state_dict(), meta)
+            log.info("new best %s %.6g at kimg %.2f: %s", name, value, self.nimg / 1000, path)
+
     def _grid(self, monitor: Monitor) -> None:
         if not self.engine.is_main:
             return
@@ -547,6 +574,7 @@ class Trainer:
         monitor = Monitor(self.run_dir, cfg.to_dict(), enabled=self.engine.is_main, total_nimg=total,
                           start_nimg=self.nimg, progress=cfg.log.progress)
         units = {k: max(round(getattr(cfg.log, k) * 1000), 1) for k in ("tick_kimg", "image_kimg", "snapshot_kimg")}
+        units["eval"] = max(round(cfg.eval.every_kimg * 1000), 1)
         # Signals can only be caught in the main thread (a worker thread of a host framework keeps its own).
         in_main = threading.current_thread() is threading.main_thread()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main \
@@ -581,6 +609,8 @@ class Trainer:
                     scalars = monitor.report(self.nimg, self.stats.reduce(self.engine), self.device)
                 if due("image_kimg"):
                     self._grid(monitor)
+                if cfg.eval.metrics and due("eval"):
+                    self._evaluate(monitor)
                 if due("snapshot_kimg"):
                     last_snapshot = self.snapshot()
             if self.nimg < total:  # stopped by a signal on some rank

@@ -1,0 +1,106 @@
+"""Sample-quality metrics computed from feature vectors (and class logits where an extractor has them).
+
+The Fréchet distance and KID's polynomial-kernel MMD are torchmetrics' own functions; this module only
+turns feature sets into their inputs (float64 moments, seeded KID subsets). Inception Score and the
+k-NN manifold metrics (precision/recall of Kynkäänniemi et al. 2019, density/coverage of Naeem et al.
+2020) are written out here because torchmetrics has no feature-level version of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics.image.fid import _compute_fid
+from torchmetrics.image.kid import poly_mmd
+
+from gantrain.metrics import METRICS
+
+
+def moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased covariance in float64 (what FID is defined on)."""
+    x = features.double()
+    mu = x.mean(0)
+    centered = x - mu
+    return mu, centered.T @ centered / (len(x) - 1)
+
+
+def fid_from_moments(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    return float(_compute_fid(mu1.double(), sigma1.double(), mu2.double(), sigma2.double()))
+
+
+def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
+    return fid_from_moments(*moments(real), *moments(fake))
+
+
+def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
+        seed: int = 0) -> tuple[float, float]:
+    """Unbiased MMD^2 with the cubic polynomial kernel, mean and std over random subsets (Binkowski et al.)."""
+    size = min(subset_size, len(real), len(fake))
+    if size < 2:
+        raise ValueError(f"KID needs at least 2 samples per set (got {len(real)} real, {len(fake)} fake)")
+    gen = torch.Generator().manual_seed(seed)
+    real, fake = real.double(), fake.double()
+    values = torch.stack([poly_mmd(real[torch.randperm(len(real), generator=gen)[:size]],
+                                   fake[torch.randperm(len(fake), generator=gen)[:size]])
+                          for _ in range(subsets)])
+    return float(values.mean()), float(values.std(unbiased=False))
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))), mean and std over SPLITS consecutive chunks (Salimans et al. 2016)."""
+    log_p = torch.log_softmax(logits.double(), dim=1)
+    scores = []
+    for chunk in log_p.chunk(splits):
+        log_marginal = torch.logsumexp(chunk, dim=0) - math.log(len(chunk))
+        kl = (chunk.exp() * (chunk - log_marginal)).sum(1).mean()
+        scores.append(kl.exp())
+    scores = torch.stack(scores)
+    return float(scores.mean()), float(scores.std(unbiased=False))
+
+
+def _distances(a: torch.Tensor, b: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    return torch.cat([torch.cdist(a[i:i + block], b) for i in range(0, len(a), block)])
+
+
+def _radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance of every point to its k-th nearest neighbour in its own set (itself excluded)."""
+    if len(x) <= k:
+        raise ValueError(f"k-NN manifolds with k={k} need more than {k} samples per set (got {len(x)})")
+    return _distances(x, x).kthvalue(k + 1, dim=1).values
+
+
+def manifold_metrics(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict[str, float]:
+    """Precision, recall (k-NN balls of the other set contain the sample), density and coverage."""
+    real, fake = real.double(), fake.double()
+    real_radii, fake_radii = _radii(real, k), _radii(fake, k)
+    d = _distances(real, fake)  # [real, fake]
+    inside_real = d <= real_radii[:, None]  # fake j inside real i's ball
+    return {
+        "precision": float(inside_real.any(0).double().mean()),
+        "recall": float((d <= fake_radii[None, :]).any(1).double().mean()),
+        "density": float(inside_real.double().sum(0).mean() / k),
+        "coverage": float((d.min(1).values <= real_radii).double().mean()),
+    }
+
+
+def compute(names: list[str], real: torch.Tensor, fake: torch.Tensor, fake_logits: torch.Tensor | None, *,
+            kid_subsets: int = 100, kid_subset_size: int = 1000, k: int = 3, seed: int = 0) -> dict[str, float]:
+    """The figures of every metric in NAMES (keys of METRICS) from real and fake feature sets."""
+    out: dict[str, float] = {}
+    manifold = None
+    for name in names:
+        if name == "fid":
+            out["fid"] = fid(real, fake)
+        elif name == "kid":
+            out["kid"], out["kid_std"] = kid(real, fake, kid_subsets, kid_subset_size, seed)
+        elif name == "is":
+            if fake_logits is None:
+                raise ValueError("the Inception Score needs class logits; this feature extractor has none")
+            out["is"], out["is_std"] = inception_score(fake_logits)
+        elif name in ("pr", "dc"):
+            manifold = manifold or manifold_metrics(real, fake, k)
+            out.update({key: manifold[key] for key in METRICS[name]})
+        else:
+            raise ValueError(f"unknown metric {name!r} (known: {', '.join(METRICS)})")
+    return out
