@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,9 @@ class InceptionExtractor(Extractor):
             raise ExtractorError(f"{key}: {path} not found (the Inception TorchScript file must be local; "
                                  "nothing is downloaded)")
         try:
-            self.net = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():  # these files are TorchScript; torch.export cannot read them
+                warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+                self.net = torch.jit.load(str(path), map_location=device).eval()
         except Exception as exc:  # torch raises RuntimeError/ValueError/zip errors for damaged files
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExtractorError(f"{key}: {path} is not a loadable TorchScript Inception (corrupt or foreign "
@@ -233,7 +236,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         accuracy = _accuracy(net, val_x, val_y, device)
         if progress:
             log.info("epoch %d/%d  loss %.4f  held-out accuracy %.4f", epoch + 1, epochs, total / len(train_x),
