@@ -318,7 +318,7 @@ class EvalConfig:
         if self.extractor == "classifier":
             _check(self.extractor_path is not None, "eval.extractor_path",
                    "eval.extractor=classifier needs the file written by `gantrain eval train-classifier`")
-        if self.best is not None:
+        if self.best is not None and self.metrics:  # without metrics nothing is evaluated: best is moot
             reported = [f for m in self.metrics for f in METRICS[m] if f in HIGHER_IS_BETTER]
             _check(self.best in reported, "eval.best",
                    f"'{self.best}' is not a figure of eval.metrics (they report: {', '.join(reported) or 'nothing'})")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image, ImageDraw
 
 from gantrain.atomic import atomic_open, atomic_save
@@ -54,16 +55,18 @@ def render(G: Generator, z: torch.Tensor, c: torch.Tensor | None, psi: float = 1
     return to_uint8(images.float().cpu())
 
 
-def truncation_sweep(G: Generator, psis: list[float], rows: int, seed: int,
-                     class_index: int | None = None) -> torch.Tensor:
+def truncation_sweep(G: Generator, psis: list[float], rows: int, seed: int, class_index: int | None = None,
+                     resolution: int | None = None) -> torch.Tensor:
     """A grid: one row per latent (seeded), one column per psi."""
+    device = next(G.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(rows, G.z_dim, generator=gen)
     c = None
     if G.num_classes:
         c = torch.full((rows,), class_index, dtype=torch.int64) if class_index is not None \
             else torch.randint(0, G.num_classes, (rows,), generator=gen)
-    columns = torch.stack([render(G, z, c, psi) for psi in psis], dim=1)  # [rows, len(psis), C, H, W]
+    z, c = z.to(device), None if c is None else c.to(device)
+    columns = torch.stack([render(G, z, c, psi, resolution) for psi in psis], dim=1)  # [rows, psis, C, H, W]
     return make_grid(columns.flatten(0, 1), len(psis))
 
 
@@ -149,8 +152,6 @@ def progress_montage(run_dir: str | Path, samples: int = 8, max_rows: int = 12) 
         picks = np.unique(np.linspace(0, len(snaps) - 1, max_rows).round().astype(int))
         snaps = [snaps[i] for i in picks]
     cfg_path = run_dir / "config.yaml"
-    import yaml
-
     grid = yaml.safe_load(cfg_path.read_text())["log"]["grid"] if cfg_path.exists() else 8
     first = Image.open(snaps[0][1])
     cell = first.width // grid

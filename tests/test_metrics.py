@@ -366,3 +366,26 @@ def test_eval_config_errors_name_the_key(digits16):
     with pytest.raises(config_mod.ConfigError, match="eval.metrics"):
         config_mod.from_dict({"data": {"toy": {"name": "ring"}}, "model": {"name": "mlp"},
                               "eval": {"metrics": ["fid"]}}).validate()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_metrics_during_two_rank_training_equal_one_process(digits16, classifier, tmp_path):
+    eval_section = {"metrics": ["fid", "kid"], "every_kimg": 0.048, "num_samples": 96, "num_real": 128,
+                    "batch": 16, "kid_subsets": 5, "kid_subset_size": 64, "extractor": "classifier",
+                    "extractor_path": str(classifier), "cache_dir": str(tmp_path / "cache")}
+    rows = {}
+    for engine, nproc in (("single", 1), ("ddp", 2)):
+        cfg = tiny_config(digits16, eval=eval_section, engine={"name": engine})
+        path = tmp_path / f"{engine}.yaml"
+        path.write_text(config_mod.dump(cfg))
+        result = subprocess.run([sys.executable, "-m", "gantrain", "train", str(path), "--nproc", str(nproc),
+                                 "--run-dir", str(tmp_path / engine)], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows[engine] = [json.loads(line) for line in (tmp_path / engine / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nimg"] for r in rows["ddp"]] == [r["nimg"] for r in rows["single"]] == [48, 80]
+    for one, two in zip(rows["single"], rows["ddp"]):
+        assert two["num_fake"] == 96  # both ranks' shares gathered
+        # DDP training equals one process to float tolerance, so the evaluated G_ema does too
+        assert two["Metrics/fid"] == pytest.approx(one["Metrics/fid"], rel=1e-4)
+        assert two["Metrics/kid"] == pytest.approx(one["Metrics/kid"], rel=1e-3, abs=1e-6)

@@ -113,9 +113,11 @@ def test_tensorboard_scalars_images_and_run_dir(digits16, tmp_path):
     assert b"train.batch" in hparams["_hparams_/session_start_info"]  # the config as hparams
     assert acc.Scalars("Progress/kimg")[-1].value == pytest.approx(0.08)
     images = {tag: acc.Images(tag) for tag in acc.Tags()["images"]}
-    assert set(images) == {"fakes", "reals"}
-    assert [e.step for e in images["fakes"]] == [0, 64, 80]
+    assert set(images) == {"fakes", "reals", "truncation"}
+    assert [e.step for e in images["fakes"]] == [e.step for e in images["truncation"]] == [0, 64, 80]
     assert images["fakes"][0].width == images["fakes"][0].height == 8 * 16
+    # a row per latent, a column per psi (1 ... 0)
+    assert (images["truncation"][0].width, images["truncation"][0].height) == (5 * 16, 4 * 16)
     for name in ("config.yaml", "log.txt", "stats.jsonl", "reals.png", "latest", "fakes-0000000080.png",
                  "G_ema-0000000080.safetensors"):
         assert (tmp_path / name).exists(), name
@@ -172,7 +174,7 @@ def test_cli_train_sample_and_one_line_errors(digits16, tmp_path, capsys):
         (["train", str(config), "--resume", str(tmp_path / "missing.pt"), "--run-dir", str(tmp_path / "x")],
          "missing.pt"),
         (["train", str(config), "data.path=" + str(tmp_path), "--run-dir", str(tmp_path / "y")], "manifest.json"),
-        (["sample", str(ckpt), "--out", str(tmp_path / "t.png"), "--truncation", "0.7"], "--truncation"),
+        (["sample", str(ckpt), "--out", str(tmp_path / "t.png"), "--class", "12"], "--class"),
         (["pack", "nonexistent-dir", str(tmp_path / "p"), "--resolution", "8"], "nonexistent-dir"),
     ]
     for argv, culprit in bad:

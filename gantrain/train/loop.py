@@ -52,10 +52,12 @@ from gantrain.sampling import generate, latents, make_grid, save_png, to_uint8
 from gantrain.train import checkpoint
 from gantrain.train.ema import ema_beta, update_ema
 from gantrain.train.schedule import Schedule, Stage
+from gantrain.visual import truncation_sweep
 
 log = logging.getLogger("gantrain")
 CHECKPOINT_FORMAT = "gantrain-checkpoint/1"
 GRID_SEED = 123  # fixed latents for the progress grids, independent of run.seed
+TRUNCATION_PSIS = (1.0, 0.7, 0.5, 0.3, 0.0)
 
 
 @dataclass
@@ -542,6 +544,9 @@ class Trainer:
         if grid is not None:
             save_png(grid, self.run_dir / f"fakes-{self.nimg:010d}.png")
             monitor.image("fakes", grid, self.nimg)
+        if not self.toy:  # what `gantrain truncation` draws: a row per latent, a column per psi
+            monitor.image("truncation", truncation_sweep(self.G_ema, TRUNCATION_PSIS, rows=4, seed=GRID_SEED,
+                                                         resolution=self.spec.resolution), self.nimg)
 
     def _reals_grid(self, monitor: Monitor) -> None:
         """Reals grid from a separate, unshuffled read: the training stream must not be consumed."""
