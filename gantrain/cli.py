@@ -231,7 +231,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                     batch=args.batch, seed=args.seed, cache_dir=args.cache_dir, k=args.k)
         cfg.validate()
     except config_mod.ConfigError as exc:  # name the command-line flag, not the config key
-        raise config_mod.ConfigError("", str(exc).replace("eval.", "--").replace("_", "-")) from None
+        flag = "--" + exc.key.removeprefix("eval.").split("[")[0].replace("_", "-")
+        raise config_mod.ConfigError(flag, str(exc).removeprefix(exc.key + ": ")) from None
     manifest = read_manifest(args.data)
     _init_distributed()
     try:

@@ -21,7 +21,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from gantrain.atomic import atomic_open, atomic_write
+from gantrain.atomic import atomic_open, atomic_write, sha256_file
 from gantrain.data.sources import Source
 
 MANIFEST = "manifest.json"
@@ -71,14 +71,6 @@ def _guess_channels(source: Source, probe: int = 16) -> int:
     return 1
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: int = 1000,
          image_format: str = "png", channels: int | None = None, seed: int = 0, force: bool = False,
          progress: bool = True) -> dict[str, Any]:
@@ -122,7 +114,7 @@ def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: in
             for sample in itertools.chain([first], itertools.islice(stream, shard_size - 1)):
                 writer.write(sample)
                 count += 1
-        shards.append({"name": name, "count": count, "sha256": _sha256(out_dir / name)})
+        shards.append({"name": name, "count": count, "sha256": sha256_file(out_dir / name)})
     written = sum(s["count"] for s in shards)
 
     if written == 0:

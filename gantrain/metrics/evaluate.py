@@ -64,12 +64,10 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:int(s[0])] for p, s in zip(parts, shapes)]).cpu()
 
 
-def _embed(extractor: Extractor, images: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Features and logits of IMAGES in batches; [0, 0] tensors for no images."""
-    parts = [extractor.embed(images[i:i + batch]) for i in range(0, len(images), batch)]
-    features = torch.cat([f for f, _ in parts]) if parts else torch.zeros(0, 0)
-    logits = torch.cat([lg for _, lg in parts]) if parts and parts[0][1] is not None else torch.zeros(0, 0)
-    return features, logits
+def _embed(extractor: Extractor, images: torch.Tensor, batch: int) -> torch.Tensor:
+    """Features of IMAGES in batches; a [0, 0] tensor for no images."""
+    parts = [extractor.embed(images[i:i + batch])[0] for i in range(0, len(images), batch)]
+    return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 
 def cache_dir(cfg: EvalConfig) -> Path:
@@ -89,9 +87,7 @@ def real_features(manifest: Manifest, extractor: Extractor, cfg: EvalConfig) -> 
     mine = share(n, cfg.batch, rank, world_size)
     stream = samples(manifest, seed=0, shuffle=False, infinite=False)
     images = [image for image, *_ in itertools.islice(stream, mine.start, mine.stop)]
-    local = torch.stack(images) if images else torch.zeros(0, manifest.channels, manifest.resolution,
-                                                           manifest.resolution, dtype=torch.uint8)
-    features = gather_rows(_embed(extractor, local, cfg.batch)[0])
+    features = gather_rows(_embed(extractor, torch.stack(images), cfg.batch) if images else torch.zeros(0, 0))
     if rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(path, lambda tmp: save_file({"features": features.contiguous()}, tmp,

@@ -9,7 +9,6 @@ with `gantrain eval train-classifier`, for datasets where Inception features mea
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -24,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from gantrain.atomic import atomic_save
+from gantrain.atomic import atomic_save, sha256_file
 
 log = logging.getLogger(__name__)
 CLASSIFIER_FORMAT = "gantrain-classifier/1"
@@ -35,14 +34,6 @@ TF_RANGE = (-1.0, 0.9921875)
 
 class ExtractorError(ValueError):
     """A missing, corrupt or unsuitable feature-extractor file; str() is one line naming it."""
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_inception_path() -> Path | None:
@@ -102,7 +93,7 @@ class InceptionExtractor(Extractor):
         self.nvlabs = "return_features" in str(self.net.forward.schema)
         self.has_logits = self.nvlabs
         self.device = torch.device(device)
-        self.ident = f"inception-{file_digest(path)[:16]}"
+        self.ident = f"inception-{sha256_file(path)[:16]}"
         self.path = path
 
     @torch.no_grad()
@@ -177,7 +168,7 @@ class ClassifierExtractor(Extractor):
             raise ExtractorError(f"{key}: {path} does not match its own architecture ({str(exc)[:200]})") from None
         self.device = torch.device(device)
         self.net = self.net.eval().requires_grad_(False).to(self.device)
-        self.ident = f"classifier-{file_digest(path)[:16]}"
+        self.ident = f"classifier-{sha256_file(path)[:16]}"
         self.path = path
 
     @torch.no_grad()
