@@ -18,9 +18,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from gantrain.data.sources import SourceError
     from gantrain.data.stream import DataError
     from gantrain.metrics.features import ExtractorError
+    from gantrain.ray_jobs import JobsError
     from gantrain.train.checkpoint import CheckpointError
 
-    return (config_mod.ConfigError, DataError, PackError, SourceError, CheckpointError, ExtractorError)
+    return (config_mod.ConfigError, DataError, PackError, SourceError, CheckpointError, ExtractorError, JobsError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -28,6 +29,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    if args.ray:
+        from gantrain.ray_train import train_on_ray
+
+        result = train_on_ray(cfg, run_dir, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                              gpus_per_worker=args.gpus_per_worker, address=args.address, resume=args.resume)
+        print(f"ray run {result['name']} finished: kimg {result['metrics'].get('kimg', 0):.2f}  run dir: {run_dir}  "
+              f"last checkpoint in Ray storage: {result['checkpoint']}")
+        return 0
     if args.nproc > 1 and "RANK" not in os.environ:
         if cfg.engine.name == "single":
             raise config_mod.ConfigError("engine.name", f"--nproc {args.nproc} needs a distributed engine "
@@ -310,6 +319,40 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from gantrain import ray_jobs
+
+    jobs, job_id = ray_jobs.submit(args.config, args.overrides, args.address, runtime_env_file=args.runtime_env,
+                                   requirements=args.requirements, run_dir=args.run_dir, workers=args.workers,
+                                   gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                                   resume=args.resume, job_id=args.job_id)
+    print(job_id, flush=True)
+    if not args.wait:
+        print(f"follow it with: gantrain jobs logs {job_id} --address {args.address} --follow", file=sys.stderr)
+        return 0
+    status = ray_jobs.wait(jobs, job_id, args.address)
+    print(f"job {job_id}: {status}", file=sys.stderr)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from gantrain import ray_jobs
+
+    if args.action == "status":
+        info = ray_jobs.status(args.address, args.job_id)
+        print(f"{info['job_id']}  {info['status']}  {info['message']}".rstrip())
+        return 0
+    if args.action == "logs":
+        if args.follow:
+            status = ray_jobs.wait(ray_jobs.client(args.address), args.job_id, args.address)
+            return 0 if status == "SUCCEEDED" else 1
+        sys.stdout.write(ray_jobs.logs(args.address, args.job_id))
+        return 0
+    stopped = ray_jobs.stop(args.address, args.job_id)
+    print(f"{args.job_id}: {'stop requested' if stopped else 'not running'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gantrain", description="Train GANs at scale.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -320,7 +363,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="where checkpoints, logs and TensorBoard go (default runs/<config name>)")
     p.add_argument("--resume", help="'auto' (latest checkpoint of the run dir, if any) or a checkpoint path")
     p.add_argument("--nproc", type=int, default=1, help="start N local ranks (via torchrun); needs engine.name=ddp")
+    p.add_argument("--ray", action="store_true", help="run under Ray Train (TorchTrainer), see the ray section")
+    p.add_argument("--workers", type=int, default=1, help="--ray: number of training workers")
+    p.add_argument("--cpus-per-worker", type=float, default=1)
+    p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--address", help="--ray: an existing cluster (ray://HOST:10001 or auto); default: a local "
+                   "Ray instance on 127.0.0.1")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("submit", help="submit a training job to a Ray cluster (Ray Jobs API); prints the job id")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--address", required=True, help="the cluster's Jobs API, e.g. http://127.0.0.1:8265")
+    p.add_argument("--workers", type=int, default=0, help="train under Ray Train with N workers (0: one process)")
+    p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--cpus-per-worker", type=float, default=1)
+    p.add_argument("--run-dir", help="run dir on the cluster (a shared filesystem for multi-node runs)")
+    p.add_argument("--resume", help="passed to gantrain train on the cluster")
+    p.add_argument("--runtime-env", help="YAML runtime env (default: this directory as working_dir, without "
+                   "runs/, data/, .venv/)")
+    p.add_argument("--requirements", help="pip requirements file installed into the job's runtime env")
+    p.add_argument("--job-id", help="submission id (default: chosen by Ray)")
+    p.add_argument("--wait", action="store_true", help="follow the logs until the job ends; exit 1 unless it "
+                   "succeeded")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="status, logs or stop of a submitted job")
+    p.add_argument("action", choices=("status", "logs", "stop"))
+    p.add_argument("job_id")
+    p.add_argument("--address", required=True)
+    p.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("pack", help="write WebDataset shards and a manifest from an image source")
     p.add_argument("source", help="image folder, .zip, .npz, IDX file, or a bundled dataset: mnist5k, digits")
@@ -421,7 +494,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args, extra = parser.parse_known_args(argv)
     args.argv = argv
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]
-    if len(overrides) != len(extra) or (overrides and args.command != "train"):
+    if len(overrides) != len(extra) or (overrides and args.command not in ("train", "submit")):
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in overrides) or extra[0]}")
     if overrides:
         args.overrides = [*args.overrides, *overrides]

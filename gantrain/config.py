@@ -329,6 +329,22 @@ class EvalConfig:
 
 
 @dataclass
+class RayConfig:
+    """`gantrain train --ray`: Ray Train's run settings (workers and resources are command-line flags)."""
+
+    max_failures: int = 2  # worker-group restarts from the last reported checkpoint (FailureConfig); -1: no limit
+    # Where Ray keeps the reported checkpoints: a local dir, a filesystem every node mounts, or a URI such as
+    # s3://bucket/prefix (passed to Ray as is). None: <run dir>/ray.
+    storage_path: str | None = None
+    # Ray run name. None: unique per launch (<run dir name>-<UTC time>-<random>); a name that exists in the
+    # storage is refused unless --resume is given (Ray would otherwise silently continue that run).
+    name: str | None = None
+
+    def validate(self) -> None:
+        _check(self.max_failures >= -1, "ray.max_failures", f"must be >= -1 (got {self.max_failures})")
+
+
+@dataclass
 class EngineConfig:
     name: Literal["single", "ddp", "deepspeed"] = "single"
     device: str = "auto"  # auto | cpu | cuda | cuda:N (ddp: each rank takes cuda:LOCAL_RANK)
@@ -376,6 +392,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     preset: str | None = None  # a name from PRESETS, already merged into the sections above
 
     def validate(self) -> Config:

@@ -166,10 +166,24 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic)
 
 
+class Host:
+    """What a hosting framework (Ray Train) hears from the loop and may ask of it. The default does nothing.
+    Both methods are called on every rank at the same points (the host may use them as barriers)."""
+
+    def checkpointed(self, path: Path | None, nimg: int, scalars: dict[str, float]) -> None:
+        """A checkpoint was written (PATH on rank 0, None on the others)."""
+
+    def preempted(self) -> bool:
+        """Once per tick: True asks for a checkpoint now (the node is about to go away)."""
+        return False
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, engine: Engine, state: dict[str, Any] | None = None,
-                 manifest: Manifest | None = None):
+                 manifest: Manifest | None = None, host: Host | None = None):
         self.cfg, self.run_dir, self.engine = cfg, run_dir, engine
+        self.host = host or Host()
+        self.scalars: dict[str, float] = {}  # the last tick's figures
         self.toy = ToyProblem(cfg.data.toy) if cfg.data.toy.name != "none" else None
         self.manifest = None if self.toy else manifest or read_manifest(cfg.data.path)
         self.device = engine.device
@@ -501,12 +515,12 @@ class Trainer:
     def snapshot(self) -> Path | None:
         """Collective (every rank contributes its data cursor); rank 0 writes."""
         state = self.state_dict()
-        if not self.engine.is_main:
-            return None
-        meta = {"config": self.cfg.to_dict(), "spec": dataclasses.asdict(self.spec), "nimg": self.nimg}
-        path = checkpoint.save(self.run_dir, state, self.nimg, self.cfg.log.keep,
-                               self.G_ema.state_dict(), meta)
-        log.info("checkpoint %s", path)
+        path = None
+        if self.engine.is_main:
+            meta = {"config": self.cfg.to_dict(), "spec": dataclasses.asdict(self.spec), "nimg": self.nimg}
+            path = checkpoint.save(self.run_dir, state, self.nimg, self.cfg.log.keep, self.G_ema.state_dict(), meta)
+            log.info("checkpoint %s", path)
+        self.host.checkpointed(path, self.nimg, self.scalars)
         return path
 
     # ---- side effects -----------------------------------------------------------------------------
@@ -611,7 +625,10 @@ class Trainer:
                     if self.toy:  # the same on every rank (identical weights): a cheap collective-safe figure
                         for key, value in self.toy.evaluate(self.G_model, self.D_model, self.device).items():
                             self.stats.add(key, torch.tensor(value))
-                    scalars = monitor.report(self.nimg, self.stats.reduce(self.engine), self.device)
+                    scalars = self.scalars = monitor.report(self.nimg, self.stats.reduce(self.engine), self.device)
+                    if not done and self.host.preempted():
+                        log.warning("preemption notice at kimg %.2f: checkpointing now", self.nimg / 1000)
+                        last_snapshot = self.snapshot()
                 if due("image_kimg"):
                     self._grid(monitor)
                 if cfg.eval.metrics and due("eval"):
@@ -642,9 +659,10 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
     return changes
 
 
-def run(cfg: Config, run_dir: str | Path, resume: str | None = None, engine: Engine | None = None) -> dict[str, Any]:
+def run(cfg: Config, run_dir: str | Path, resume: str | None = None, engine: Engine | None = None,
+        host: Host | None = None) -> dict[str, Any]:
     """Train CFG in RUN_DIR. RESUME: None (fresh; refuses a run dir with checkpoints), 'auto' (latest
-    checkpoint of RUN_DIR if any) or a checkpoint path."""
+    checkpoint of RUN_DIR if any) or a checkpoint path. HOST: a hosting framework's hooks (Ray Train)."""
     run_dir = Path(run_dir)
     engine = engine or make_engine(cfg)
     state = None
@@ -670,6 +688,6 @@ def run(cfg: Config, run_dir: str | Path, resume: str | None = None, engine: Eng
     if engine.is_main:
         atomic_write(run_dir / "config.yaml", config_mod.dump(cfg))
     try:
-        return Trainer(cfg, run_dir, engine, state, manifest).train()
+        return Trainer(cfg, run_dir, engine, state, manifest, host).train()
     finally:
         engine.close()

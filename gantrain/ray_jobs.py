@@ -1,0 +1,143 @@
+"""`gantrain submit` and `gantrain jobs`: run gantrain as a job on a Ray cluster through the Ray Jobs API.
+
+The job's entrypoint is `python -m gantrain train ...` with the config and overrides given here, run from
+the uploaded working directory (runtime_env.working_dir). The config is loaded and validated locally
+first, so a bad key fails here, not minutes later on the cluster. Clusters with token authentication
+(RAY_AUTH_MODE=token) need the token in RAY_AUTH_TOKEN or the file RAY_AUTH_TOKEN_PATH names; it is
+read by Ray's client and never printed or written by gantrain.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gantrain import config as config_mod
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+EXCLUDES = ["runs/", "data/", ".venv/", ".git/", "*.pt", "*.safetensors", "__pycache__/"]
+
+
+class JobsError(RuntimeError):
+    """A Ray Jobs problem (unreachable address, refused credentials, unknown job); one line."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _explain(address: str, what: str, exc: BaseException) -> JobsError:
+    reason = _first_line(exc)
+    lowered = reason.lower()
+    if "auth" in lowered or "token" in lowered or "401" in reason or "403" in reason:
+        return JobsError(f"--address {address}: the cluster refused the request ({reason}); it uses token "
+                         "authentication: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to its token")
+    if "does not exist" in lowered or "404" in reason:
+        return JobsError(f"{what}: no such job on {address}")
+    if isinstance(exc, ConnectionError) or "connect" in lowered:
+        return JobsError(f"--address {address}: cannot reach a Ray Jobs API there ({reason})")
+    return JobsError(f"{what} on {address} failed: {reason}")
+
+
+def client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:  # ConnectionError, ValueError (bad scheme), RuntimeError (auth) ...
+        raise _explain(address, "connect", exc) from None
+
+
+def _call(address: str, what: str, fn, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise _explain(address, what, exc) from None
+
+
+def build_runtime_env(runtime_env_file: str | None, requirements: str | None) -> dict[str, Any]:
+    if runtime_env_file:
+        try:
+            env = yaml.safe_load(Path(runtime_env_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise JobsError(f"--runtime-env {runtime_env_file}: {_first_line(exc)}") from None
+        if not isinstance(env, dict):
+            raise JobsError(f"--runtime-env {runtime_env_file}: must be a mapping")
+    else:
+        env = {"working_dir": ".", "excludes": list(EXCLUDES)}
+    if requirements:
+        path = Path(requirements)
+        if not path.is_file():
+            raise JobsError(f"--requirements {requirements}: not found")
+        env["pip"] = [line.strip() for line in path.read_text().splitlines()
+                      if line.strip() and not line.startswith("#")]
+    return env
+
+
+def entrypoint(config: str, overrides: list[str], *, run_dir: str | None, workers: int, gpus_per_worker: float,
+               cpus_per_worker: float, resume: str | None, python: str = "python") -> str:
+    args = [python, "-m", "gantrain", "train", config, *overrides]
+    if run_dir:
+        args += ["--run-dir", run_dir]
+    if workers > 0:  # under Ray Train, on the cluster the job runs in
+        args += ["--ray", "--workers", str(workers), "--gpus-per-worker", f"{gpus_per_worker:g}",
+                 "--cpus-per-worker", f"{cpus_per_worker:g}", "--address", "auto"]
+    if resume:
+        args += ["--resume", resume]
+    return shlex.join(args)
+
+
+def submit(config: str, overrides: list[str], address: str, *, runtime_env_file: str | None = None,
+           requirements: str | None = None, run_dir: str | None = None, workers: int = 0,
+           gpus_per_worker: float = 0, cpus_per_worker: float = 1, resume: str | None = None,
+           job_id: str | None = None) -> tuple[Any, str]:
+    """Validate CONFIG locally, submit it; returns (client, job id)."""
+    config_mod.load(config, overrides)  # a bad config is a one-line ConfigError here, before submitting
+    env = build_runtime_env(runtime_env_file, requirements)
+    working_dir = Path(env.get("working_dir", ".")).resolve()
+    config_path = Path(config).resolve()
+    if "working_dir" in env:
+        if not config_path.is_relative_to(working_dir):
+            raise JobsError(f"{config}: not inside the uploaded working_dir {working_dir}; the job could not read it")
+        config = str(config_path.relative_to(working_dir))
+    command = entrypoint(config, overrides, run_dir=run_dir, workers=workers, gpus_per_worker=gpus_per_worker,
+                         cpus_per_worker=cpus_per_worker, resume=resume)
+    jobs = client(address)
+    submitted = _call(address, "submit", lambda: jobs.submit_job(entrypoint=command, runtime_env=env,
+                                                                 submission_id=job_id))
+    return jobs, submitted
+
+
+def wait(jobs: Any, job_id: str, address: str, follow: bool = True, poll: float = 1.0) -> str:
+    """Poll until the job ends, printing its new log lines; returns the final status."""
+    shown = 0
+    while True:
+        status = str(_call(address, job_id, jobs.get_job_status, job_id)).split(".")[-1]
+        if follow:
+            text = _call(address, job_id, jobs.get_job_logs, job_id)
+            sys.stdout.write(text[shown:])
+            sys.stdout.flush()
+            shown = len(text)
+        if status in TERMINAL:
+            return status
+        time.sleep(poll)
+
+
+def status(address: str, job_id: str) -> dict[str, Any]:
+    info = _call(address, job_id, client(address).get_job_info, job_id)
+    return {"job_id": job_id, "status": str(info.status).split(".")[-1], "message": info.message or "",
+            "entrypoint": info.entrypoint, "start_time": info.start_time, "end_time": info.end_time}
+
+
+def logs(address: str, job_id: str) -> str:
+    return _call(address, job_id, client(address).get_job_logs, job_id)
+
+
+def stop(address: str, job_id: str) -> bool:
+    return bool(_call(address, job_id, client(address).stop_job, job_id))

@@ -1,0 +1,147 @@
+"""`gantrain train --ray`: the same training entry point on every worker of a Ray Train TorchTrainer.
+
+Ray starts the workers, sets up the torch process group (gloo on CPU, NCCL on GPUs) and the RANK /
+LOCAL_RANK / WORLD_SIZE environment; the DDP and DeepSpeed engines find that group and never create a
+second one. Every gantrain checkpoint is reported to Ray (`ray.train.report`, rank 0 attaches the
+checkpoint file; the others report metrics only, as Ray requires every worker to report). When a worker
+dies (a crash, an OOM kill, a lost node) Ray restarts the whole group, up to `ray.max_failures` times,
+and each worker resumes from `ray.train.get_checkpoint()`: weights, optimizers, EMA, counters, RNG
+states, data cursors and schedule, exactly as `--resume` does. A preemption notice from Ray
+(`ray.train.get_preemption_info`, e.g. a spot node being reclaimed) makes the loop checkpoint at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gantrain import config as config_mod
+from gantrain.config import Config, ConfigError
+from gantrain.train.loop import Host, run
+
+log = logging.getLogger("gantrain")
+
+
+class RayHost(Host):
+    """Reports checkpoints to Ray Train and relays its preemption notices to the loop."""
+
+    def __init__(self) -> None:
+        self.preemption_handled = False
+
+    def checkpointed(self, path: Path | None, nimg: int, scalars: dict[str, float]) -> None:
+        import ray.train
+
+        metrics = {"nimg": nimg, "kimg": nimg / 1000, **{k: v for k, v in scalars.items() if k.startswith("Loss/")}}
+        if path is None:
+            ray.train.report(metrics)
+            return
+        # Ray uploads a whole directory: stage a hard link of the one checkpoint file (a copy across filesystems).
+        staging = Path(tempfile.mkdtemp(prefix="gantrain-report-"))
+        try:
+            try:
+                os.link(path, staging / path.name)
+            except OSError:
+                shutil.copy2(path, staging / path.name)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staging)),
+                             checkpoint_dir_name=path.stem)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def preempted(self) -> bool:
+        import ray.train
+
+        if self.preemption_handled or ray.train.get_preemption_info() is None:
+            return False
+        self.preemption_handled = True  # one just-in-time checkpoint per notice; the restart resumes from it
+        return True
+
+
+def worker_main(config: dict[str, Any]) -> None:
+    """The training function of every Ray worker."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    cfg = config_mod.from_dict(config["cfg"])
+    if torch.cuda.is_available() and config["gpus_per_worker"] > 0:
+        cfg.engine.device = str(ray.train.torch.get_device())
+    resume = config["resume"]
+    restored = ray.train.get_checkpoint()
+    local = None
+    if restored is not None:  # a restarted group: continue from the last checkpoint Ray holds
+        local = Path(tempfile.mkdtemp(prefix="gantrain-restore-"))
+        restored.to_directory(str(local))
+        files = sorted(local.glob("checkpoint-*.pt"))
+        if not files:
+            raise RuntimeError(f"the checkpoint Ray restored ({restored.path}) holds no gantrain checkpoint")
+        resume = str(files[-1])
+        if ray.train.get_context().get_world_rank() == 0:
+            logging.getLogger("gantrain").warning("restarted by Ray: resuming from %s", restored.path)
+    try:
+        run(cfg, config["run_dir"], resume=resume, host=RayHost())
+    finally:
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def unique_name(run_dir: Path) -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{run_dir.name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def _check_engine(cfg: Config, workers: int) -> None:
+    if workers < 1:
+        raise ConfigError("--workers", f"must be >= 1 (got {workers})")
+    if workers > 1 and cfg.engine.name == "single":
+        raise ConfigError("engine.name", f"--ray --workers {workers} needs a distributed engine (ddp or deepspeed)")
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Connect to ADDRESS, or start a local Ray instance whose servers listen on 127.0.0.1 only."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+
+
+def train_on_ray(cfg: Config, run_dir: Path, *, workers: int, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
+                 address: str | None = None, resume: str | None = None) -> dict[str, Any]:
+    """Run CFG on WORKERS Ray workers; returns what Ray's Result says (checkpoint path, metrics)."""
+    _check_engine(cfg, workers)
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    run_dir = run_dir.resolve()
+    storage = cfg.ray.storage_path or str(run_dir / "ray")
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    name = cfg.ray.name or unique_name(run_dir)
+    if cfg.ray.name and "://" not in storage and (Path(storage) / name).exists() and not resume:
+        raise ConfigError("ray.name", f"a Ray run '{name}' already exists in {storage}; pass --resume auto to "
+                          "continue it, or choose another name")
+    init_ray(address, num_cpus=None if address else max(int(workers * cpus_per_worker), 1))
+    trainer = TorchTrainer(
+        worker_main,
+        train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir), "resume": resume,
+                           "gpus_per_worker": gpus_per_worker},
+        torch_config=TorchConfig(backend="nccl" if gpus_per_worker > 0 else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker={"CPU": cpus_per_worker,
+                                                           **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.log.keep)),
+    )
+    result = trainer.fit()
+    return {"name": name, "storage": storage, "checkpoint": result.checkpoint.path if result.checkpoint else None,
+            "metrics": result.metrics or {}}

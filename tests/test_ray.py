@@ -1,0 +1,237 @@
+"""Ray Train and Ray Jobs on a local cluster bound to 127.0.0.1 (2 CPU workers): real TorchTrainer runs
+with the DDP and DeepSpeed engines, a worker SIGKILLed mid-run, job submission to `ray start --head`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from conftest import tiny_config
+from gantrain import config as config_mod
+from gantrain.atomic import sha256_file
+from gantrain.train import checkpoint
+
+ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the module: loopback only, no dashboard."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _cfg(digits16, **sections):
+    base = {"engine": {"name": "ddp"}, "train": {"kimg": 0.32}, "log": {"snapshot_kimg": 0.064, "keep": 2}}
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value)
+    return tiny_config(digits16, **base)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = checkpoint.load(path)
+    return {f"{net}.{k}": v for net in ("G_ema",) for k, v in state[net].items()} | \
+        {f"G.{k}": v for k, v in state["G"]["model"].items()} | {f"D.{k}": v for k, v in state["D"]["model"].items()}
+
+
+def _train(cfg, run_dir, **kwargs):
+    from gantrain.ray_train import train_on_ray
+
+    return train_on_ray(cfg, run_dir, workers=2, **kwargs)
+
+
+def test_two_workers_ddp_train_report_and_write_tensorboard(local_ray, digits16, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _cfg(digits16)
+    result = _train(cfg, tmp_path / "run")
+    assert result["metrics"]["nimg"] == 320
+    run_dir = tmp_path / "run"
+    final = checkpoint.list_checkpoints(run_dir)[-1]
+    assert final.name == checkpoint.checkpoint_name(320)
+    reported = sorted(Path(result["storage"], result["name"]).glob("checkpoint-*/checkpoint-*.pt"))
+    assert [p.name for p in reported][-1] == final.name and len(reported) == 2  # ray keeps log.keep of them
+    assert sha256_file(reported[-1]) == sha256_file(final)  # Ray holds the very file gantrain wrote
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert {"Loss/D", "Loss/G", "Timing/img_per_sec"} <= set(acc.Tags()["scalars"])
+    # two Ray workers == one process with the whole batch (float tolerance): Ray's process group is the real one
+    from gantrain.train.loop import run
+
+    run(config_mod.from_dict({**cfg.to_dict(), "engine": {"name": "single"}}), tmp_path / "one")
+    one = _weights(checkpoint.list_checkpoints(tmp_path / "one")[-1])
+    for key, value in _weights(final).items():
+        assert torch.allclose(value, one[key], atol=2e-5, rtol=1e-4), key
+    pytest.shared_uninterrupted = (cfg, final)  # the reference for the SIGKILL test below
+
+
+def test_two_workers_deepspeed_zero2(local_ray, digits16, tmp_path):
+    cfg = _cfg(digits16, engine={"name": "deepspeed", "zero_stage": 2}, train={"kimg": 0.128},
+               log={"snapshot_kimg": 0.128})
+    result = _train(cfg, tmp_path / "run")
+    assert result["metrics"]["nimg"] == 128
+    assert (tmp_path / "run" / "tb").is_dir() and checkpoint.list_checkpoints(tmp_path / "run")
+
+
+def _worker_pids() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+
+
+def test_a_sigkilled_worker_restarts_the_group_from_the_last_checkpoint(local_ray, digits16, tmp_path):
+    cfg, uninterrupted = getattr(pytest, "shared_uninterrupted", (None, None))
+    if cfg is None:
+        pytest.skip("needs the uninterrupted run of the DDP test")
+    cfg = config_mod.from_dict({**cfg.to_dict(), "ray": {"max_failures": 1}})
+    run_dir = tmp_path / "run"
+    outcome: dict = {}
+
+    def fit():
+        try:
+            outcome["result"] = _train(cfg, run_dir)
+        except BaseException as exc:  # surfaced by the assertions below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    killed = None
+    deadline = time.time() + 240
+    while time.time() < deadline and thread.is_alive():
+        # after the first reported checkpoint, and before the run is over: kill one worker process outright
+        reported = list((run_dir / "ray").glob("*/checkpoint-*/checkpoint-*.pt"))
+        pids = _worker_pids()
+        if reported and len(pids) == 2 and len(checkpoint.list_checkpoints(run_dir)) < 5:
+            killed = pids[-1]
+            os.kill(killed, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    thread.join(timeout=300)
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"]["metrics"]["nimg"] == 320
+    log = (run_dir / "log.txt").read_text()
+    assert "resuming from" in log  # the restarted group resumed from the reported checkpoint
+    for path in checkpoint.list_checkpoints(run_dir):
+        checkpoint.load(path)  # none is torn
+    final = checkpoint.list_checkpoints(run_dir)[-1]
+    assert final.name == uninterrupted.name
+    # resume is exact at a fixed world size, so the killed-and-restarted run ends where the uninterrupted one did
+    reference = _weights(uninterrupted)
+    for key, value in _weights(final).items():
+        assert torch.equal(value, reference[key]), key
+
+
+def test_a_reused_ray_name_is_refused_without_resume(local_ray, digits16, tmp_path):
+    cfg = _cfg(digits16, ray={"name": "fixed", "storage_path": str(tmp_path / "storage")})
+    (tmp_path / "storage" / "fixed").mkdir(parents=True)
+    with pytest.raises(config_mod.ConfigError, match="ray.name"):
+        _train(cfg, tmp_path / "run")
+    from gantrain.ray_train import unique_name
+
+    assert unique_name(tmp_path / "run") != unique_name(tmp_path / "run")
+
+
+# ---- Ray Jobs ---------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """`ray start --head` on 127.0.0.1 with token authentication; stopped at the end."""
+    tmp = tmp_path_factory.mktemp("head")
+    token = tmp / "token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    port, dash = _free_port(), _free_port()
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                    f"--temp-dir={tmp / 'ray'}", "--disable-usage-stats"], check=True, env=env, capture_output=True,
+                   timeout=120)
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _gantrain(*args, env, timeout=300, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "gantrain", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=cwd)
+
+
+def test_submit_a_job_and_read_its_status_and_logs(head, digits16, tmp_path):
+    address, env = head
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "job.yaml").write_text(config_mod.dump(_cfg(digits16, engine={"name": "single"}, train={"kimg": 0.064})))
+    result = _gantrain("submit", "job.yaml", "log.snapshot_kimg=0.032", "--address", address, "--run-dir",
+                       str(tmp_path / "run"), "--wait", env=env, cwd=work)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    job_id = result.stdout.splitlines()[0].strip()
+    assert "run dir:" in result.stdout and "SUCCEEDED" in result.stderr
+    assert checkpoint.list_checkpoints(tmp_path / "run")[-1].name == checkpoint.checkpoint_name(64)
+    status = _gantrain("jobs", "status", job_id, "--address", address, env=env)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
+    logs = _gantrain("jobs", "logs", job_id, "--address", address, env=env)
+    assert logs.returncode == 0 and "kimg: 0.06" in logs.stdout
+    # no credentials anywhere gantrain wrote
+    token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text()
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file() and path.suffix in (".yaml", ".txt", ".jsonl"):
+            assert token not in path.read_text()
+
+    # a long job can be stopped
+    result = _gantrain("submit", "job.yaml", "train.kimg=1000", "--address", address, "--run-dir",
+                       str(tmp_path / "long"), env=env, cwd=work)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    assert _gantrain("jobs", "stop", job_id, "--address", address, env=env).returncode == 0
+    for _ in range(60):
+        status = _gantrain("jobs", "status", job_id, "--address", address, env=env).stdout
+        if "STOPPED" in status:
+            break
+        time.sleep(1)
+    assert "STOPPED" in status
+
+
+def test_job_errors_are_clear(head, digits16, tmp_path):
+    address, env = head
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "job.yaml").write_text(config_mod.dump(_cfg(digits16, engine={"name": "single"})))
+    cases = [
+        (["submit", "job.yaml", "--address", "http://127.0.0.1:1"], "cannot reach"),  # nothing listens there
+        (["submit", "job.yaml", "train.kimgg=1", "--address", address], "train.kimgg"),  # caught before submitting
+        (["jobs", "status", "raysubmit_nonexistent", "--address", address], "no such job"),
+    ]
+    for args, words in cases:
+        result = _gantrain(*args, env=env, cwd=work)
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, result.stderr
+    # the wrong token: refused, and said so
+    wrong = {**env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "other")}
+    (tmp_path / "other").write_text(secrets.token_hex(32))
+    result = _gantrain("jobs", "status", "raysubmit_x", "--address", address, env=wrong, cwd=work)
+    assert result.returncode == 2 and "token" in result.stderr.lower(), result.stderr
+    # a config that only fails on the cluster (its data is missing there): the job fails, submit --wait exits 1
+    result = _gantrain("submit", "job.yaml", f"data.path={tmp_path / 'nowhere'}", "--address", address, "--wait",
+                       "--run-dir", str(tmp_path / "bad"), env=env, cwd=work)
+    assert result.returncode == 1 and "FAILED" in result.stderr and "manifest.json" in result.stdout
