@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -600,5 +601,23 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp} at {key}")
 
 
+_URL_SECRET = re.compile(r"(\w[\w+.-]*://[^/@:\s]+):[^@\s]+@")
+
+
+def redacted(cfg: Config) -> dict[str, Any]:
+    """cfg.to_dict() with URL passwords masked (s3://key:secret@host/... -> s3://key:***@host/...): what
+    run dirs, checkpoints and TensorBoard get. The live config keeps them for the code that needs them."""
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: mask(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v) for v in value]
+        return _URL_SECRET.sub(r"\1:***@", value) if isinstance(value, str) else value
+
+    return mask(cfg.to_dict())
+
+
 def dump(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """YAML of the config, credentials in URLs masked."""
+    return yaml.safe_dump(redacted(cfg), sort_keys=False)

@@ -17,22 +17,51 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 from gantrain import config as config_mod
 from gantrain.config import Config, ConfigError
+from gantrain.train import checkpoint
 from gantrain.train.loop import Host, run
 
 log = logging.getLogger("gantrain")
 
 
+_SIGTERM = threading.Event()
+
+
+def _catch_sigterm(_actor: Any = None) -> None:
+    """Runs on the worker actor's main thread (the only one that may set signal handlers)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: _SIGTERM.set())
+
+
 class RayHost(Host):
-    """Reports checkpoints to Ray Train and relays its preemption notices to the loop."""
+    """Reports checkpoints to Ray Train, relays its preemption notices and SIGTERM to the loop.
+
+    The training function runs in a thread of the worker actor, where Python cannot install signal
+    handlers, and Ray's own SIGTERM handler exits the process at once. So the handler is installed by a
+    call on the actor itself (`__ray_call__`, executed on its main thread): SIGTERM then sets a flag,
+    the loop checkpoints (reported to Ray) and stops on every rank, and the worker raises so that Ray
+    restarts the group from that checkpoint instead of taking the run for finished.
+    """
 
     def __init__(self) -> None:
+        import ray
+
         self.preemption_handled = False
+        _SIGTERM.clear()
+        try:
+            ray.get(ray.get_runtime_context().current_actor.__ray_call__.remote(_catch_sigterm))
+        except Exception as exc:  # without it SIGTERM still ends the worker; Ray restarts from the last checkpoint
+            log.warning("could not catch SIGTERM on this Ray worker (%s): a SIGTERM will cost the steps since "
+                        "the last checkpoint", exc)
+
+    def stop_requested(self) -> bool:
+        return _SIGTERM.is_set()
 
     def checkpointed(self, path: Path | None, nimg: int, scalars: dict[str, float]) -> None:
         import ray.train
@@ -62,6 +91,10 @@ class RayHost(Host):
         return True
 
 
+class StoppedBySignal(RuntimeError):
+    """Raised by a worker that checkpointed and stopped on SIGTERM, so that Ray counts it as a failure."""
+
+
 def worker_main(config: dict[str, Any]) -> None:
     """The training function of every Ray worker."""
     import ray.train
@@ -71,7 +104,9 @@ def worker_main(config: dict[str, Any]) -> None:
     cfg = config_mod.from_dict(config["cfg"])
     if torch.cuda.is_available() and config["gpus_per_worker"] > 0:
         cfg.engine.device = str(ray.train.torch.get_device())
-    resume = config["resume"]
+    # The driver refused a run dir with checkpoints unless asked to resume, so "auto" only finds what this
+    # run wrote: it covers a restart after rank 0 wrote a checkpoint but before Ray registered it.
+    resume = config["resume"] or "auto"
     restored = ray.train.get_checkpoint()
     local = None
     if restored is not None:  # a restarted group: continue from the last checkpoint Ray holds
@@ -84,7 +119,10 @@ def worker_main(config: dict[str, Any]) -> None:
         if ray.train.get_context().get_world_rank() == 0:
             logging.getLogger("gantrain").warning("restarted by Ray: resuming from %s", restored.path)
     try:
-        run(cfg, config["run_dir"], resume=resume, host=RayHost())
+        result = run(cfg, config["run_dir"], resume=resume, host=RayHost())
+        if result["interrupted"]:
+            raise StoppedBySignal(f"stopped at kimg {result['nimg'] / 1000:.2f} after checkpointing (SIGTERM to a "
+                                  "worker); Ray restarts the group from that checkpoint")
     finally:
         if local is not None:
             shutil.rmtree(local, ignore_errors=True)
@@ -129,6 +167,9 @@ def train_on_ray(cfg: Config, run_dir: Path, *, workers: int, cpus_per_worker: f
     if cfg.ray.name and "://" not in storage and (Path(storage) / name).exists() and not resume:
         raise ConfigError("ray.name", f"a Ray run '{name}' already exists in {storage}; pass --resume auto to "
                           "continue it, or choose another name")
+    if not resume and checkpoint.list_checkpoints(run_dir):
+        raise ConfigError("", f"{run_dir} already holds checkpoints; pass --resume auto to continue that run or "
+                          "--run-dir for a new one")
     init_ray(address, num_cpus=None if address else max(int(workers * cpus_per_worker), 1))
     trainer = TorchTrainer(
         worker_main,

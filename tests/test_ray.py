@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import ray
 import torch
 
 from conftest import tiny_config
@@ -22,7 +23,6 @@ from gantrain import config as config_mod
 from gantrain.atomic import sha256_file
 from gantrain.train import checkpoint
 
-ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,7 +93,10 @@ def _worker_pids() -> list[int]:
             if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
 
 
-def test_a_sigkilled_worker_restarts_the_group_from_the_last_checkpoint(local_ray, digits16, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(local_ray, digits16, tmp_path, sig):
+    """SIGKILL: the worker dies with no warning; Ray restarts the group from the last reported checkpoint.
+    SIGTERM (a preempted or drained node): every rank checkpoints first, then the group restarts from it."""
     cfg, uninterrupted = getattr(pytest, "shared_uninterrupted", (None, None))
     if cfg is None:
         pytest.skip("needs the uninterrupted run of the DDP test")
@@ -117,7 +120,7 @@ def test_a_sigkilled_worker_restarts_the_group_from_the_last_checkpoint(local_ra
         pids = _worker_pids()
         if reported and len(pids) == 2 and len(checkpoint.list_checkpoints(run_dir)) < 5:
             killed = pids[-1]
-            os.kill(killed, signal.SIGKILL)
+            os.kill(killed, sig)
             break
         time.sleep(0.05)
     thread.join(timeout=300)
@@ -126,6 +129,8 @@ def test_a_sigkilled_worker_restarts_the_group_from_the_last_checkpoint(local_ra
     assert outcome["result"]["metrics"]["nimg"] == 320
     log = (run_dir / "log.txt").read_text()
     assert "resuming from" in log  # the restarted group resumed from the reported checkpoint
+    if sig == signal.SIGTERM:
+        assert "stop requested" in log and "checkpointing and stopping" in log
     for path in checkpoint.list_checkpoints(run_dir):
         checkpoint.load(path)  # none is torn
     final = checkpoint.list_checkpoints(run_dir)[-1]

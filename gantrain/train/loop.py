@@ -177,6 +177,10 @@ class Host:
         """Once per tick: True asks for a checkpoint now (the node is about to go away)."""
         return False
 
+    def stop_requested(self) -> bool:
+        """Every step, this rank's view (the loop agrees across ranks): checkpoint and stop, like SIGTERM."""
+        return False
+
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, engine: Engine, state: dict[str, Any] | None = None,
@@ -473,7 +477,7 @@ class Trainer:
         np_state = np.random.get_state()
         return {
             "format": CHECKPOINT_FORMAT,
-            "config": self.cfg.to_dict(),
+            "config": config_mod.redacted(self.cfg),
             "spec": dataclasses.asdict(self.spec),
             "counters": {"nimg": self.nimg, "step": self.step, "g_step": self.g_step, "elapsed": self.elapsed},
             # Weights of the full network, optimizer state (of the current stage's active parameters) and the
@@ -517,7 +521,7 @@ class Trainer:
         state = self.state_dict()
         path = None
         if self.engine.is_main:
-            meta = {"config": self.cfg.to_dict(), "spec": dataclasses.asdict(self.spec), "nimg": self.nimg}
+            meta = {"config": config_mod.redacted(self.cfg), "spec": dataclasses.asdict(self.spec), "nimg": self.nimg}
             path = checkpoint.save(self.run_dir, state, self.nimg, self.cfg.log.keep, self.G_ema.state_dict(), meta)
             log.info("checkpoint %s", path)
         self.host.checkpointed(path, self.nimg, self.scalars)
@@ -538,7 +542,7 @@ class Trainer:
         self.best = {"figure": name, "value": value, "nimg": self.nimg}
         state = self.state_dict()  # collective
         if self.engine.is_main:
-            meta = {"config": self.cfg.to_dict(), "spec": dataclasses.asdict(self.spec), "nimg": self.nimg,
+            meta = {"config": config_mod.redacted(self.cfg), "spec": dataclasses.asdict(self.spec), "nimg": self.nimg,
                     "best": self.best}
             path = checkpoint.save_best(self.run_dir, state, self.G_ema.state_dict(), meta)
             log.info("new best %s %.6g at kimg %.2f: %s", name, value, self.nimg / 1000, path)
@@ -590,7 +594,7 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
         total = round(cfg.train.kimg * 1000)
-        monitor = Monitor(self.run_dir, cfg.to_dict(), enabled=self.engine.is_main, total_nimg=total,
+        monitor = Monitor(self.run_dir, config_mod.redacted(cfg), enabled=self.engine.is_main, total_nimg=total,
                           start_nimg=self.nimg, progress=cfg.log.progress)
         units = {k: max(round(getattr(cfg.log, k) * 1000), 1) for k in ("tick_kimg", "image_kimg", "snapshot_kimg")}
         units["eval"] = max(round(cfg.eval.every_kimg * 1000), 1)
@@ -604,7 +608,8 @@ class Trainer:
             if self.nimg == 0:
                 self._reals_grid(monitor)
                 self._grid(monitor)
-            while self.nimg < total and not self.engine.any(self._stop_signal is not None):
+            while self.nimg < total and not self.engine.any(self._stop_signal is not None
+                                                            or self.host.stop_requested()):
                 start, before = time.perf_counter(), self.nimg
                 self.train_step()
                 self.elapsed += time.perf_counter() - start
@@ -636,8 +641,8 @@ class Trainer:
                 if due("snapshot_kimg"):
                     last_snapshot = self.snapshot()
             if self.nimg < total:  # stopped by a signal on some rank
-                log.warning("stop requested (signal %s) at kimg %.2f: checkpointing and stopping", self._stop_signal,
-                            self.nimg / 1000)
+                reason = f"signal {self._stop_signal}" if self._stop_signal else "requested on some rank"
+                log.warning("stop requested (%s) at kimg %.2f: checkpointing and stopping", reason, self.nimg / 1000)
                 last_snapshot = self.snapshot()
         finally:
             for sig, handler in previous.items():
@@ -665,24 +670,25 @@ def run(cfg: Config, run_dir: str | Path, resume: str | None = None, engine: Eng
     checkpoint of RUN_DIR if any) or a checkpoint path. HOST: a hosting framework's hooks (Ray Train)."""
     run_dir = Path(run_dir)
     engine = engine or make_engine(cfg)
-    state = None
+    state = resumed_from = None
     if resume == "auto":
         found = checkpoint.load_latest(run_dir) if run_dir.exists() else None
         if found:
-            state = found[1]
-            log.info("resuming from %s", found[0])
+            resumed_from, state = found
     elif resume:
-        state = checkpoint.load(resume)
+        resumed_from, state = resume, checkpoint.load(resume)
     elif checkpoint.list_checkpoints(run_dir):
         raise ConfigError("", f"{run_dir} already holds checkpoints; pass --resume auto to continue that run or "
                           "--run-dir for a new one")
     run_dir.mkdir(parents=True, exist_ok=True)
     if engine.is_main:
         setup_logging(run_dir, quiet_console=cfg.log.progress)
+    if state is not None:
+        log.info("resuming from %s at kimg %.2f", resumed_from, state["counters"]["nimg"] / 1000)
     manifest = None if cfg.data.toy.name != "none" else read_manifest(cfg.data.path)
     cfg = resolve(cfg, manifest, engine.world_size)
     if state is not None:
-        changes = _config_changes(state["config"], cfg.to_dict())
+        changes = _config_changes(state["config"], config_mod.redacted(cfg))
         if changes:
             log.warning("config differs from the checkpoint's: %s", "; ".join(changes))
     if engine.is_main:
