@@ -29,9 +29,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray instance for the module: loopback only, no dashboard."""
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    """The local Ray instance gantrain starts without --address, shared by the module."""
+    from gantrain.ray_train import init_ray
+
+    init_ray(None, num_cpus=4)
+    nodes = ray.nodes()
+    assert [n["NodeManagerAddress"] for n in nodes] == ["127.0.0.1"]  # bound to loopback, nothing else
+    with pytest.raises(ConnectionRefusedError):  # and no dashboard / Jobs API was started
+        socket.create_connection(("127.0.0.1", 8265), timeout=2).close()
     yield
     ray.shutdown()
 
