@@ -141,7 +141,11 @@ def _check_engine(cfg: Config, workers: int) -> None:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to ADDRESS, or start a local Ray instance whose servers listen on 127.0.0.1 only."""
+    """Connect to ADDRESS, or start a local single-node Ray instance without dashboard or Jobs API.
+
+    Ray resolves 127.0.0.1 to the machine's reachable address on purpose, and its core gRPC servers
+    (GCS, raylet, agents) listen on all interfaces; Ray's token authentication, on by default in current
+    releases, guards them. gantrain adds no server of its own."""
     import ray
 
     if ray.is_initialized():
@@ -149,7 +153,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
 def train_on_ray(cfg: Config, run_dir: Path, *, workers: int, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
