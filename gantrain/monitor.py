@@ -68,7 +68,6 @@ def setup_logging(run_dir: Path | None, quiet_console: bool) -> None:
     """INFO and up to RUN_DIR/log.txt; on the console only warnings while a progress bar is showing."""
     logger = logging.getLogger("gantrain")
     logger.setLevel(logging.INFO)
-    logger.propagate = False  # a host framework's root handlers (Ray's) would print every line twice
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()

@@ -20,6 +20,7 @@ import yaml
 from gantrain import config as config_mod
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+AGENT_WAIT_S = 120  # how long `submit` waits for a freshly started cluster's job agent
 EXCLUDES = ["runs/", "data/", ".venv/", ".git/", "*.pt", "*.safetensors", "__pycache__/"]
 
 
@@ -109,9 +110,16 @@ def submit(config: str, overrides: list[str], address: str, *, runtime_env_file:
     command = entrypoint(config, overrides, run_dir=run_dir, workers=workers, gpus_per_worker=gpus_per_worker,
                          cpus_per_worker=cpus_per_worker, resume=resume)
     jobs = client(address)
-    submitted = _call(address, "submit", lambda: jobs.submit_job(entrypoint=command, runtime_env=env,
-                                                                 submission_id=job_id))
-    return jobs, submitted
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return jobs, jobs.submit_job(entrypoint=command, runtime_env=env, submission_id=job_id)
+        except Exception as exc:
+            # A cluster that has just started answers 500 "No available agent to submit job" until its job
+            # agent is up: wait for it rather than fail.
+            if "no available agent" not in str(exc).lower() or time.monotonic() > deadline:
+                raise _explain(address, "submit", exc) from None
+            time.sleep(2)
 
 
 def wait(jobs: Any, job_id: str, address: str, follow: bool = True, poll: float = 1.0) -> str:

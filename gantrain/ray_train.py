@@ -102,6 +102,7 @@ def worker_main(config: dict[str, Any]) -> None:
     import torch
 
     cfg = config_mod.from_dict(config["cfg"])
+    logging.getLogger("gantrain").propagate = False  # Ray's root handler would print every line a second time
     if torch.cuda.is_available() and config["gpus_per_worker"] > 0:
         cfg.engine.device = str(ray.train.torch.get_device())
     # The driver refused a run dir with checkpoints unless asked to resume, so "auto" only finds what this
