@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -284,12 +285,55 @@ def _drop_option(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _torchrun(nproc: int, argv: list[str]) -> int:
+    """N local ranks under torchrun; SIGTERM/SIGINT to this process (or its whole group) stop them cleanly.
+
+    torchrun answers a stop signal by forwarding it and SIGKILLing the ranks 30 s later, then exits non-zero
+    with a traceback; so here torchrun ignores both signals (its ranks restore them on start) and this
+    launcher forwards SIGTERM to every process below it. The ranks agree to stop, checkpoint and exit 0
+    (data workers ignore stop signals), torchrun then exits with their status, and so does this launcher.
+    A Ctrl-C reaches the ranks as SIGINT and SIGTERM at once: one stop; a second Ctrl-C aborts them."""
+    import psutil
+
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "gantrain", *argv]
-    env = dict(os.environ)
+               "--signals-to-handle=SIGHUP,SIGQUIT", "-m", "gantrain", *argv]
+    env = dict(os.environ, GANTRAIN_RESTORE_STOP_SIGNALS="1")
     env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // nproc, 1)))
-    return subprocess.call(command, env=env)
+    child = subprocess.Popen(command, env=env, preexec_fn=_ignore_stop_signals)
+
+    def forward(signum: int, _frame) -> None:
+        print(f"gantrain: {signal.Signals(signum).name}: asking the ranks to checkpoint and stop", file=sys.stderr)
+        try:
+            below = psutil.Process(child.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        for process in below:
+            try:
+                process.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def restore_stop_signals() -> None:
+    """A rank of _torchrun inherits ignored SIGTERM/SIGINT: give them back their defaults."""
+    if os.environ.pop("GANTRAIN_RESTORE_STOP_SIGNALS", None):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
@@ -502,6 +546,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    restore_stop_signals()
     args = parse_args(argv)
     try:
         return args.func(args)

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,13 @@ class ShardStream(IterableDataset):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding is per-sample work; threads would only fight the trainer
+    # A scheduler's SIGTERM (or a Ctrl-C) reaches the whole process group: the rank handles it, and a worker
+    # that died of it would take the rank's checkpoint-and-stop down with it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+MAX_WORKER_RESTARTS = 3
 
 
 class StreamLoader:
@@ -252,14 +260,20 @@ class StreamLoader:
         self.turn = 0
         if state is not None:
             self._restore(state)
-        dataset = ShardStream(manifest, batch_size=batch_size, seed=seed, shuffle=shuffle, infinite=True,
-                              rank=rank, world_size=world_size, num_workers=self.logical,
-                              cursors=[dataclasses.replace(c) for c in self.cursors], first_worker=self.turn,
-                              sampling=sampling)
         if sampling == "epochs":
             check_split(manifest, world_size, self.logical)  # before forking workers, for a clear error
-        self._loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                                  worker_init_fn=_worker_init if num_workers else None,
+        self.num_workers, self.pin_memory, self.batch_size = num_workers, pin_memory, batch_size
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
+        """(Re)start the DataLoader at the cursors of the batches consumed so far: exact, whatever was prefetched."""
+        dataset = ShardStream(self.manifest, batch_size=self.batch_size, seed=self.seed, shuffle=self.shuffle,
+                              infinite=True, rank=self.rank, world_size=self.world_size, num_workers=self.logical,
+                              cursors=[dataclasses.replace(c) for c in self.cursors], first_worker=self.turn,
+                              sampling=self.sampling)
+        self._loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                  worker_init_fn=_worker_init if self.num_workers else None,
                                   persistent_workers=False)
         self._iter = iter(self._loader)
 
@@ -280,7 +294,20 @@ class StreamLoader:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = next(self._iter)
+        try:
+            batch = next(self._iter)
+        except RuntimeError as exc:
+            # torch's message for a data worker that died (OOM killer, a stray SIGKILL): restart the workers
+            # from the consumed cursors, a few times in a row at most.
+            if not self.num_workers or "DataLoader worker" not in str(exc) or self.restarts >= MAX_WORKER_RESTARTS:
+                raise
+            self.restarts += 1
+            log.warning("%s; restarting the data workers at the cursor (%d/%d)", exc, self.restarts,
+                        MAX_WORKER_RESTARTS)
+            self.close()
+            self._start()
+            return next(self)
+        self.restarts = 0
         if batch["worker"] != self.turn:
             raise RuntimeError(f"data worker {batch['worker']} answered out of turn (expected {self.turn})")
         self.cursors[self.turn] = Cursor(*batch["cursor"])
@@ -296,5 +323,5 @@ class StreamLoader:
                 "sampling": self.sampling, "turn": self.turn, "cursors": [list(dataclasses.astuple(c)) for c in self.cursors]}
 
     def close(self) -> None:
-        del self._iter
-        del self._loader
+        """Shut the workers down (idempotent); state_dict() stays valid."""
+        self._iter = self._loader = None

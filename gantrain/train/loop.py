@@ -643,6 +643,7 @@ class Trainer:
             if self.nimg < total:  # stopped by a signal on some rank
                 reason = f"signal {self._stop_signal}" if self._stop_signal else "requested on some rank"
                 log.warning("stop requested (%s) at kimg %.2f: checkpointing and stopping", reason, self.nimg / 1000)
+                self.loader.close()  # the workers' fate no longer matters: the cursor is in the rank
                 last_snapshot = self.snapshot()
         finally:
             for sig, handler in previous.items():
