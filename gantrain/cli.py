@@ -21,8 +21,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from gantrain.metrics.features import ExtractorError
     from gantrain.ray_jobs import JobsError
     from gantrain.train.checkpoint import CheckpointError
+    from gantrain.train.guard import DivergedError
 
-    return (config_mod.ConfigError, DataError, PackError, SourceError, CheckpointError, ExtractorError, JobsError)
+    return (config_mod.ConfigError, DataError, PackError, SourceError, CheckpointError, ExtractorError, JobsError,
+            DivergedError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -83,6 +85,7 @@ def load_generator(path: str):
 
     from gantrain import models
     from gantrain.train import checkpoint
+    from gantrain.train.guard import nonfinite_names
 
     if path.endswith(".safetensors"):
         from gantrain.train.checkpoint import CheckpointError
@@ -98,6 +101,10 @@ def load_generator(path: str):
         state = checkpoint.load(path)
         cfg_dict, spec_dict, weights = state["config"], state["spec"], state["G_ema"]
         nimg = state["counters"]["nimg"]
+    bad = nonfinite_names(weights)
+    if bad:
+        raise checkpoint.CheckpointError(f"{path}: G_ema holds inf/NaN in {len(bad)} tensor(s) ({bad[0]}, ...): "
+                                         "the run diverged; sample an earlier checkpoint")
     cfg = config_mod.from_dict(cfg_dict)
     G, _ = models.build(cfg.model, models.DataSpec(**spec_dict))
     G.load_state_dict(weights)

@@ -213,6 +213,8 @@ class TrainConfig:
     d_steps: int = 1  # D steps per G step
     ema_kimg: float = 10.0  # G_ema half-life in kimg
     ema_rampup: float | None = 0.05  # half-life <= rampup * images seen so far; None disables
+    # Steps in a row skipped or rolled back for non-finite values (or fp16 overflow) before the run stops.
+    max_bad_steps: int = 50
 
     def validate(self) -> None:
         _check(self.kimg > 0, "train.kimg", f"must be > 0 (got {self.kimg})")
@@ -222,6 +224,7 @@ class TrainConfig:
             _check(self.batch % self.micro_batch == 0, "train.micro_batch",
                    f"must divide train.batch={self.batch} (got {self.micro_batch})")
         _check(self.d_steps >= 1, "train.d_steps", f"must be >= 1 (got {self.d_steps})")
+        _check(self.max_bad_steps >= 1, "train.max_bad_steps", f"must be >= 1 (got {self.max_bad_steps})")
         _check(self.ema_kimg >= 0, "train.ema_kimg", f"must be >= 0 (got {self.ema_kimg})")
         if self.ema_rampup is not None:
             _check(self.ema_rampup > 0, "train.ema_rampup", f"must be > 0 or null (got {self.ema_rampup})")

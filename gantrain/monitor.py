@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import time
 from pathlib import Path
@@ -21,6 +22,12 @@ from tqdm import tqdm
 from gantrain.engines import Engine
 
 log = logging.getLogger("gantrain")
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One line of strict JSON: a non-finite figure (a diverging loss) becomes null, not NaN/Infinity."""
+    return json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()},
+                      allow_nan=False) + "\n"
 
 
 class Stats:
@@ -124,7 +131,7 @@ class Monitor:
             self.writer.add_scalar(name, value, nimg)
         self.writer.flush()
         with open(self.run_dir / "stats.jsonl", "a") as f:
-            f.write(json.dumps({"nimg": nimg, **scalars}) + "\n")
+            f.write(json_line({"nimg": nimg, **scalars}))
         shown = ("Loss/D", "Loss/G", "Loss/R1", "Timing/img_per_sec", "Timing/sec_per_kimg")
         fields = "  ".join(f"{k.split('/')[-1]} {scalars[k]:.4g}" for k in shown if k in scalars)
         message = f"tick {self.tick:<4d} kimg {nimg / 1000:<8.2f} {fields}"
@@ -150,8 +157,8 @@ class Monitor:
             self.writer.add_scalar(name, value, nimg)
         self.writer.flush()
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"nimg": nimg, **values, "num_real": figures["num_real"],
-                                "num_fake": figures["num_fake"]}) + "\n")
+            f.write(json_line({"nimg": nimg, **values, "num_real": figures["num_real"],
+                               "num_fake": figures["num_fake"]}))
         shown = "  ".join(f"{k[8:]} {v:.4g}" for k, v in values.items() if k.startswith("Metrics/"))
         log.info("eval kimg %.2f  %s  (%.1f s)", nimg / 1000, shown, seconds)
 

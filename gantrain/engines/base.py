@@ -44,21 +44,28 @@ class Net:
 
     def step(self) -> tuple[bool, torch.Tensor]:
         """Unscale, measure the gradient norm, apply, clear. Returns (applied, norm); with fp16 an
-        overflow skips the update (and lowers the scale) instead of applying inf/NaN."""
+        overflow skips the update (and lowers the scale) instead of applying inf/NaN; without fp16 a
+        non-finite gradient norm skips it too."""
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.raw.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        applied = True
         if self.scaler:
             before = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             applied = self.scaler.get_scale() >= before
         else:
-            self.optimizer.step()
+            applied = bool(torch.isfinite(norm))
+            if applied:
+                self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return applied, norm
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every tensor a step can change, in a stable order: parameters, buffers, then optimizer state
+        (which an optimizer creates at its first step)."""
+        return [*self.raw.parameters(), *self.raw.buffers(), *optimizer_tensors(self.optimizer)]
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -69,6 +76,11 @@ class Net:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [value for group in optimizer.param_groups for p in group["params"]
+            for _, value in sorted(optimizer.state.get(p, {}).items()) if isinstance(value, torch.Tensor)]
 
 
 class Engine(ABC):

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gantrain.config import ConfigError, EngineConfig, TrainConfig
-from gantrain.engines.base import Net, OptimizerFactory
+from gantrain.engines.base import Net, OptimizerFactory, optimizer_tensors
 from gantrain.engines.ddp import DDPEngine
 
 
@@ -42,6 +42,16 @@ class DeepSpeedNet(Net):
         self.engine.step()
         norm = self.engine.get_global_grad_norm()  # None at ZeRO-0 with a plain torch optimizer
         return True, torch.as_tensor(0.0 if norm is None else float(norm))
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Under ZeRO the step writes the fp32 partitions (then copied into the module) and the base
+        optimizer's state over those partitions."""
+        groups = self._zero_groups()
+        if groups is None:
+            return super().state_tensors()
+        base = self.engine.optimizer.optimizer
+        return [*self.raw.parameters(), *self.raw.buffers(), *(part for part, *_ in groups),
+                *optimizer_tensors(base)]
 
     def _zero_groups(self):
         """(fp32 partition, params, their offsets in the flat buffer, flat length) per ZeRO group."""

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from gantrain.atomic import atomic_open, atomic_save, atomic_write
+from gantrain.train.guard import nonfinite_names
 
 log = logging.getLogger(__name__)
 LATEST = "latest"
@@ -27,6 +28,21 @@ _NAME = re.compile(r"checkpoint-(\d{10})\.pt$")
 
 class CheckpointError(RuntimeError):
     pass
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return {prefix.rstrip("."): tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def _refuse_nonfinite(state: dict[str, Any], g_ema: dict[str, torch.Tensor]) -> None:
+    """A checkpoint or export with inf/NaN in it would poison every resume and sample: never write one."""
+    bad = nonfinite_names({**_flat(state), **_flat(g_ema, "G_ema export.")})
+    if bad:
+        raise CheckpointError(f"refusing to write a checkpoint with non-finite values in {len(bad)} tensor(s): "
+                              f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
 
 
 def checkpoint_name(nimg: int) -> str:
@@ -40,6 +56,7 @@ def export_name(nimg: int) -> str:
 def save(run_dir: Path, state: dict[str, Any], nimg: int, keep: int,
          g_ema: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Write the checkpoint, its safetensors export and the pointer; then prune to the newest KEEP."""
+    _refuse_nonfinite(state, g_ema)
     path = run_dir / checkpoint_name(nimg)
     with atomic_open(path, "wb") as f:
         torch.save(state, f)
@@ -60,6 +77,7 @@ BEST_EXPORT = "G_ema-best.safetensors"
 def save_best(run_dir: Path, state: dict[str, Any], g_ema: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """The checkpoint with the best evaluation figure so far (never pruned, replaced atomically by a better one)
     and its G_ema export; metadata["best"] says which figure, its value and the kimg."""
+    _refuse_nonfinite(state, g_ema)
     path = run_dir / BEST
     with atomic_open(path, "wb") as f:
         torch.save(state, f)

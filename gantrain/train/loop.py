@@ -51,6 +51,7 @@ from gantrain.monitor import Monitor, Stats, setup_logging
 from gantrain.sampling import generate, latents, make_grid, save_png, to_uint8
 from gantrain.train import checkpoint
 from gantrain.train.ema import ema_beta, update_ema
+from gantrain.train.guard import DivergedError, StepGuard
 from gantrain.train.schedule import Schedule, Stage
 from gantrain.visual import truncation_sweep
 
@@ -241,6 +242,7 @@ class Trainer:
         if state is not None:
             self._restore(state)
         self._stop_signal: int | None = None
+        self.guard, self.bad_steps = StepGuard(), 0
         # Evaluation during training: every rank embeds its share of the samples (gantrain.metrics).
         self.extractor = load_extractor(cfg.eval.extractor, cfg.eval.extractor_path, self.device) \
             if cfg.eval.metrics else None
@@ -454,7 +456,9 @@ class Trainer:
         if stage != self.stage:
             self._enter(stage)
         reals, labels = self._real_batch()
-        g_applied = True
+        nets = [self.G, self.D]
+        self.guard.keep(nets)
+        g_applied, all_applied = True, True
         for phase in self.phases:
             is_g = phase.net == "G"
             if is_g and (self.step + 1) % self.cfg.train.d_steps:
@@ -463,14 +467,32 @@ class Trainer:
                 continue
             applied = self._run_phase(phase, reals, labels)
             g_applied = g_applied and (applied or not is_g)
+            all_applied = all_applied and applied
+        # Collective: batch-norm buffers are per rank, and every rank must take the same decision.
+        reverted = self.engine.any(not self.guard.finite(nets))
+        if reverted:
+            self.guard.revert(nets)
+            g_applied = False
+        self._count_bad_step(reverted or not all_applied)
         if (self.step + 1) % self.cfg.train.d_steps == 0:
             self.g_step += 1
         batch = self.stage.batch
-        if g_applied:  # a G step skipped for fp16 overflow leaves G_ema alone too
+        if g_applied:  # a G step skipped (fp16 overflow, non-finite values) leaves G_ema alone too
             update_ema(self.G_ema, self.G_model, ema_beta(batch, self.nimg, self.cfg.train.ema_kimg,
                                                           self.cfg.train.ema_rampup))
         self.nimg += batch
         self.step += 1
+
+    def _count_bad_step(self, bad: bool) -> None:
+        """Skipped or rolled-back steps are counted; max_bad_steps of them in a row end the run."""
+        self.stats.add("Skipped/nonfinite", torch.tensor(1.0 if bad else 0.0))
+        self.bad_steps = self.bad_steps + 1 if bad else 0
+        if self.bad_steps >= self.cfg.train.max_bad_steps:
+            found = checkpoint.list_checkpoints(self.run_dir)
+            last = found[-1] if found else "none (nothing was saved)"
+            raise DivergedError(f"{self.bad_steps} steps in a row skipped for non-finite values (inf/NaN loss, "
+                                f"gradients or weights) at kimg {self.nimg / 1000:.3f} (train.max_bad_steps); "
+                                f"last good checkpoint: {last}")
 
     # ---- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -522,8 +544,11 @@ class Trainer:
         path = None
         if self.engine.is_main:
             meta = {"config": config_mod.redacted(self.cfg), "spec": dataclasses.asdict(self.spec), "nimg": self.nimg}
-            path = checkpoint.save(self.run_dir, state, self.nimg, self.cfg.log.keep, self.G_ema.state_dict(), meta)
-            log.info("checkpoint %s", path)
+            try:
+                path = checkpoint.save(self.run_dir, state, self.nimg, self.cfg.log.keep, self.G_ema.state_dict(), meta)
+                log.info("checkpoint %s", path)
+            except checkpoint.CheckpointError as exc:  # non-finite state: the previous checkpoint stays latest
+                log.error("kimg %.2f: %s", self.nimg / 1000, exc)
         self.host.checkpointed(path, self.nimg, self.scalars)
         return path
 
@@ -544,8 +569,11 @@ class Trainer:
         if self.engine.is_main:
             meta = {"config": config_mod.redacted(self.cfg), "spec": dataclasses.asdict(self.spec), "nimg": self.nimg,
                     "best": self.best}
-            path = checkpoint.save_best(self.run_dir, state, self.G_ema.state_dict(), meta)
-            log.info("new best %s %.6g at kimg %.2f: %s", name, value, self.nimg / 1000, path)
+            try:
+                path = checkpoint.save_best(self.run_dir, state, self.G_ema.state_dict(), meta)
+                log.info("new best %s %.6g at kimg %.2f: %s", name, value, self.nimg / 1000, path)
+            except checkpoint.CheckpointError as exc:
+                log.error("kimg %.2f: best checkpoint not written: %s", self.nimg / 1000, exc)
 
     def _grid(self, monitor: Monitor) -> None:
         if not self.engine.is_main:
