@@ -63,9 +63,13 @@ class DataConfig:
     # epochs: every shard once per epoch, disjoint across ranks; resampled: shards drawn with replacement
     sampling: Literal["epochs", "resampled"] = "epochs"
     toy: ToyConfig = field(default_factory=ToyConfig)  # a toy problem instead of shards (data.path unused)
+    # Corrupt samples in a row (per data worker) before the run stops with an error instead of spinning.
+    max_skipped_in_a_row: int = 1000
 
     def validate(self) -> None:
         self.toy.validate()
+        _check(self.max_skipped_in_a_row >= 1, "data.max_skipped_in_a_row",
+               f"must be >= 1 (got {self.max_skipped_in_a_row})")
         if self.toy.name == "none":
             _check(bool(self.path), "data.path", "is required (a directory written by `gantrain pack`)")
         _check(self.workers >= 0, "data.workers", f"must be >= 0 (got {self.workers})")

@@ -128,3 +128,98 @@ def test_checkpoints_and_exports_with_non_finite_values_are_refused(digits16, tm
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "bad.safetensors" in err and "inf/NaN" in err
     assert not (tmp_path / "g.png").exists()
+
+
+# ---- data faults --------------------------------------------------------------------------------------
+def _undecodable_copy(digits16, out):
+    """DIGITS16's manifest with every shard replaced by one whose images do not decode."""
+    import shutil
+
+    import webdataset as wds
+
+    shutil.copytree(digits16, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        with wds.TarWriter(str(out / entry["name"])) as writer:
+            for i in range(entry["count"]):
+                writer.write({"__key__": f"{i:06d}", "png": b"\x89PNG not an image", "cls": 0})
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_data_set_where_nothing_decodes_is_one_line_fresh_and_resumed(digits16, tmp_path, workers):
+    """Measured: a fresh run crashed with `stack expects a non-empty TensorList`, a resumed one hung at 100%
+    CPU. Now both stop after data.max_skipped_in_a_row failures with one line naming the data set."""
+    import subprocess
+    import sys
+
+    good = tmp_path / "good"
+    run(tiny_config(digits16, train={"kimg": 0.016}), good)
+    bad = _undecodable_copy(digits16, tmp_path / "bad")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{path: {bad}, workers: {workers}, max_skipped_in_a_row: 50}}\n"
+                      "model: {z_dim: 16, channels: 8, max_channels: 32}\ntrain: {batch: 16, kimg: 1}\n"
+                      "log: {progress: false}\n")
+    for args in (["--run-dir", str(tmp_path / "fresh")], ["--run-dir", str(good), "--resume", "auto"]):
+        result = subprocess.run([sys.executable, "-m", "gantrain", "train", str(config), *args],
+                                capture_output=True, text=True, timeout=120)
+        err = result.stderr.strip().splitlines()
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert err[-1].startswith("gantrain: error: ") and "50 samples in a row failed to decode" in err[-1]
+        assert str(bad) in err[-1] and "Traceback" not in result.stderr
+
+
+def test_a_truncated_shard_is_warned_about_and_counted(digits16, tmp_path, caplog):
+    import shutil
+
+    shutil.copytree(digits16, tmp_path / "d")
+    shard = tmp_path / "d" / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    from gantrain.data.stream import StreamLoader, read_manifest
+
+    loader = StreamLoader(read_manifest(tmp_path / "d"), batch_size=200, seed=0, shuffle=False, num_workers=0)
+    with caplog.at_level("WARNING", logger="gantrain"):
+        next(loader)  # unshuffled: shard 0 comes first, and is counted each time it is read
+    assert loader.short_shards == 1
+    assert any("short shard" in r.message and "shard-000000.tar" in r.message for r in caplog.records)
+    assert "shard-000000.tar" in loader.notes["last_short"]
+    loader.close()
+
+
+MANIFEST_DAMAGE = {
+    "binary": (b"\x89PNG\r\n\x1a\n\xff\xfe", "not UTF-8"),
+    "a list": (b"[1, 2]", "expected a JSON object"),
+    "no shards": (json.dumps({"format": "gantrain-shards/1", "num_images": 1, "resolution": 16, "channels": 1,
+                              "num_classes": 0, "class_names": [], "image_format": "png"}).encode(), "'shards'"),
+    "bad int": (None, "'resolution'"),
+    "shard entry": (None, "'shards[0]"),
+}
+
+
+@pytest.mark.parametrize("case", MANIFEST_DAMAGE)
+def test_a_damaged_manifest_is_one_line_naming_the_file_and_field(digits16, tmp_path, case):
+    import shutil
+
+    from gantrain.data.stream import DataError, read_manifest
+
+    shutil.copytree(digits16, tmp_path / "d")
+    path = tmp_path / "d" / "manifest.json"
+    raw, culprit = MANIFEST_DAMAGE[case]
+    if raw is None:
+        data = json.loads(path.read_text())
+        if case == "bad int":
+            data["resolution"] = "sixteen"
+        else:
+            data["shards"][0] = ["shard-000000.tar", 200]
+        raw = json.dumps(data).encode()
+    path.write_bytes(raw)
+    with pytest.raises(DataError) as info:
+        read_manifest(tmp_path / "d")
+    assert "\n" not in str(info.value) and str(path) in str(info.value) and culprit in str(info.value)
+
+
+def test_data_path_pointing_at_a_file_is_one_line(digits16):
+    from gantrain.data.stream import DataError, read_manifest
+
+    with pytest.raises(DataError, match="must be a directory"):
+        read_manifest(digits16 / "manifest.json")

@@ -58,27 +58,63 @@ class Manifest:
         return [url for url, _ in self.shards]
 
 
+IMAGE_FORMATS = ("png", "jpg", "jpeg", "webp")
+
+
+def _field(data: dict[str, Any], key: str, kind: type, path: Path, ok=lambda v: True, need: str = "",
+           where: str = "") -> Any:
+    """data[key] of type KIND (no bools for ints), or a one-line DataError naming the file and the field."""
+    if key not in data:
+        raise DataError(f"{path}: field '{where}{key}' is missing")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or not ok(value):
+        raise DataError(f"{path}: field '{where}{key}' must be {need or kind.__name__} (got {value!r:.60})")
+    return value
+
+
 def read_manifest(root: str | Path) -> Manifest:
+    """The manifest of a packed data set; any damage is one line naming the file and the field."""
     root = Path(root)
     path = root / MANIFEST
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: data.path must be a directory holding {MANIFEST} and shards, not a file")
     try:
         raw = path.read_bytes()
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: not found; write shards with `gantrain pack SOURCE {root} --resolution R`")\
             from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text (a damaged or foreign file)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != FORMAT:
-        raise DataError(f"{path}: unknown format {data.get('format')!r} (expected {FORMAT})")
+        raise DataError(f"{path}: unknown format {data.get('format')!r:.60} (expected {FORMAT})")
+    count = dict(ok=lambda v: v >= 0, need="an integer >= 0")
+    num_images = _field(data, "num_images", int, path, **count)
+    resolution = _field(data, "resolution", int, path, ok=lambda v: v > 0, need="an integer > 0")
+    channels = _field(data, "channels", int, path, ok=lambda v: v in (1, 3), need="1 or 3")
+    num_classes = _field(data, "num_classes", int, path, **count)
+    class_names = _field(data, "class_names", list, path, ok=lambda v: all(isinstance(n, str) for n in v),
+                         need="a list of strings")
+    image_format = _field(data, "image_format", str, path, ok=lambda v: v in IMAGE_FORMATS,
+                          need=f"one of {', '.join(IMAGE_FORMATS)}")
+    entries = _field(data, "shards", list, path, ok=bool, need="a non-empty list")
     shards = []
-    for entry in data["shards"]:
-        shard = root / entry["name"]
-        if not shard.exists():
-            raise DataError(f"{path}: lists shard {entry['name']}, which is missing")
-        shards.append((str(shard), int(entry["count"])))
-    return Manifest(root, int(data["num_images"]), int(data["resolution"]), int(data["channels"]),
-                    int(data["num_classes"]), list(data["class_names"]), data["image_format"], shards,
+    for i, entry in enumerate(entries):
+        where = f"shards[{i}]"
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: field '{where}' must be an object with name and count (got {entry!r:.60})")
+        name = _field(entry, "name", str, path, ok=lambda v: bool(v) and "/" not in v and v not in (".", ".."),
+                      need="a file name in the data directory", where=f"{where}.")
+        number = _field(entry, "count", int, path, **count, where=f"{where}.")
+        shard = root / name
+        if not shard.is_file():
+            raise DataError(f"{path}: lists shard {name}, which is missing")
+        shards.append((str(shard), number))
+    return Manifest(root, num_images, resolution, channels, num_classes, class_names, image_format, shards,
                     hashlib.sha256(raw).hexdigest())
 
 
@@ -91,6 +127,7 @@ class Cursor:
     shard: int = 0
     sample: int = 0
     skipped: int = 0
+    short: int = 0  # shards that held fewer samples than the manifest says (truncated, damaged)
 
 
 def worker_shards(num_shards: int, epoch: int, *, seed: int, shuffle: bool, rank: int, world_size: int,
@@ -167,24 +204,36 @@ def _shard_order(num_shards: int, cur: Cursor, *, sampling: str, infinite: bool,
 
 def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, rank: int = 0,
             world_size: int = 1, worker: int = 0, num_workers: int = 1, cursor: Cursor | None = None,
-            sampling: str = "epochs") -> Iterator[tuple[torch.Tensor, int, str, Cursor]]:
+            sampling: str = "epochs", max_bad_in_a_row: int = 1000,
+            notes: dict[str, str] | None = None) -> Iterator[tuple[torch.Tensor, int, str, Cursor]]:
     """Decoded (image uint8 CxHxW, label, key, cursor after it) for one (rank, worker).
 
     sampling="epochs": every shard once per epoch, split across ranks and workers, reshuffled per epoch;
     sampling="resampled": shards drawn with replacement (ranks may overlap; needs infinite=True).
+    Corrupt samples are skipped and counted (NOTES["last_skip"] says why the last one was); a shard shorter
+    than the manifest says is warned about and counted; MAX_BAD_IN_A_ROW corrupt samples in a row, or a
+    whole round of shards without one good sample, is a DataError rather than a stream that never yields.
     """
     cur = dataclasses.replace(cursor) if cursor else Cursor()
+    notes = {} if notes is None else notes
     if infinite and sampling == "epochs":
         check_split(manifest, world_size, num_workers)
     order = _shard_order(len(manifest.shards), cur, sampling=sampling, infinite=infinite, seed=seed,
                          shuffle=shuffle, rank=rank, world_size=world_size, worker=worker, num_workers=num_workers)
+    bad_in_a_row = barren_in_a_row = 0
     for index in order:
+        url, expected = manifest.shards[index]
         errors: list[str] = []
-        raw = _raw_samples(manifest.shards[index][0], errors)
+        raw = _raw_samples(url, errors)
         for message in errors:
             log.warning("damaged shard, read %d samples before: %s", len(raw), message)
+        if len(raw) < expected and cur.sample == 0:
+            cur.short += 1
+            notes["last_short"] = f"{url}: {len(raw)} of {expected} samples"
+            log.warning("short shard %s: read %d of the %d samples the manifest lists", url, len(raw), expected)
         visit = np.random.default_rng([seed, cur.epoch, cur.shard, index]).permutation(len(raw)) if shuffle \
             else np.arange(len(raw))
+        yielded = False
         while cur.sample < len(raw):
             sample = raw[visit[cur.sample]]
             cur.sample += 1
@@ -192,11 +241,20 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
                 image, label = _decode(sample, manifest)
             except Exception as exc:  # corrupt sample: skip and count, never stall the stream
                 cur.skipped += 1
+                bad_in_a_row += 1
+                notes["last_skip"] = f"{sample.get('__key__')} in {url}: {exc}"
                 if cur.skipped <= 10:
-                    log.warning("skipped corrupt sample %s in %s: %s", sample.get("__key__"),
-                                manifest.shards[index][0], exc)
+                    log.warning("skipped corrupt sample %s", notes["last_skip"])
+                if bad_in_a_row >= max_bad_in_a_row:
+                    raise DataError(f"{manifest.root}: {bad_in_a_row} samples in a row failed to decode "
+                                    f"(data.max_skipped_in_a_row); last: {notes['last_skip']}")
                 continue
+            bad_in_a_row, yielded = 0, True
             yield image, label, sample["__key__"], dataclasses.replace(cur)
+        barren_in_a_row = 0 if yielded else barren_in_a_row + 1
+        if barren_in_a_row > len(manifest.shards):
+            raise DataError(f"{manifest.root}: {barren_in_a_row} shards in a row gave no usable sample "
+                            f"(last: {url}{', ' + notes['last_skip'] if 'last_skip' in notes else ', empty'})")
 
 
 class ShardStream(IterableDataset):
@@ -204,32 +262,39 @@ class ShardStream(IterableDataset):
 
     def __init__(self, manifest: Manifest, *, batch_size: int, seed: int, shuffle: bool, infinite: bool,
                  rank: int, world_size: int, num_workers: int, cursors: list[Cursor], first_worker: int = 0,
-                 sampling: str = "epochs"):
+                 sampling: str = "epochs", max_bad_in_a_row: int = 1000):
         self.manifest, self.batch_size, self.seed, self.sampling = manifest, batch_size, seed, sampling
         self.shuffle, self.infinite = shuffle, infinite
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.cursors, self.first_worker = cursors, first_worker
+        self.max_bad_in_a_row = max_bad_in_a_row
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker = ((info.id if info else 0) + self.first_worker) % self.num_workers
+        notes: dict[str, str] = {}
         stream = samples(self.manifest, seed=self.seed, shuffle=self.shuffle, infinite=self.infinite,
                          rank=self.rank, world_size=self.world_size, worker=worker,
-                         num_workers=self.num_workers, cursor=self.cursors[worker], sampling=self.sampling)
+                         num_workers=self.num_workers, cursor=self.cursors[worker], sampling=self.sampling,
+                         max_bad_in_a_row=self.max_bad_in_a_row, notes=notes)
         batch: list[tuple[torch.Tensor, int, str, Cursor]] = []
-        for item in stream:
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                yield self._collate(batch, worker)
-                batch = []
+        try:
+            for item in stream:
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    yield self._collate(batch, worker, notes)
+                    batch = []
+        except DataError as exc:  # handed to the rank as data: a worker's exception arrives as a traceback
+            yield {"error": str(exc), "worker": worker}
+            return
         if batch:
-            yield self._collate(batch, worker)
+            yield self._collate(batch, worker, notes)
 
     @staticmethod
-    def _collate(batch: list, worker: int) -> dict[str, Any]:
+    def _collate(batch: list, worker: int, notes: dict[str, str]) -> dict[str, Any]:
         images, labels, keys, cursors = zip(*batch)
         return {"images": torch.stack(images), "labels": torch.tensor(labels, dtype=torch.int64),
-                "keys": list(keys), "worker": worker, "cursor": dataclasses.astuple(cursors[-1])}
+                "keys": list(keys), "worker": worker, "cursor": dataclasses.astuple(cursors[-1]), **notes}
 
 
 def _worker_init(_: int) -> None:
@@ -252,8 +317,10 @@ class StreamLoader:
 
     def __init__(self, manifest: Manifest, *, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, state: dict[str, Any] | None = None,
-                 pin_memory: bool = False, sampling: str = "epochs"):
+                 pin_memory: bool = False, sampling: str = "epochs", max_bad_in_a_row: int = 1000):
         self.manifest, self.seed, self.shuffle, self.sampling = manifest, seed, shuffle, sampling
+        self.max_bad_in_a_row = max_bad_in_a_row
+        self.notes: dict[str, str] = {}  # why the last sample was skipped, which shard was last short
         self.rank, self.world_size = rank, world_size
         self.logical = max(num_workers, 1)
         self.cursors = [Cursor() for _ in range(self.logical)]
@@ -271,7 +338,7 @@ class StreamLoader:
         dataset = ShardStream(self.manifest, batch_size=self.batch_size, seed=self.seed, shuffle=self.shuffle,
                               infinite=True, rank=self.rank, world_size=self.world_size, num_workers=self.logical,
                               cursors=[dataclasses.replace(c) for c in self.cursors], first_worker=self.turn,
-                              sampling=self.sampling)
+                              sampling=self.sampling, max_bad_in_a_row=self.max_bad_in_a_row)
         self._loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                                   worker_init_fn=_worker_init if self.num_workers else None,
                                   persistent_workers=False)
@@ -308,6 +375,9 @@ class StreamLoader:
             self._start()
             return next(self)
         self.restarts = 0
+        if "error" in batch:
+            raise DataError(batch["error"])
+        self.notes.update({k: batch[k] for k in ("last_skip", "last_short") if k in batch})
         if batch["worker"] != self.turn:
             raise RuntimeError(f"data worker {batch['worker']} answered out of turn (expected {self.turn})")
         self.cursors[self.turn] = Cursor(*batch["cursor"])
@@ -317,6 +387,10 @@ class StreamLoader:
     @property
     def skipped(self) -> int:
         return sum(c.skipped for c in self.cursors)
+
+    @property
+    def short_shards(self) -> int:
+        return sum(c.short for c in self.cursors)
 
     def state_dict(self) -> dict[str, Any]:
         return {"world_size": self.world_size, "rank": self.rank, "seed": self.seed, "shuffle": self.shuffle,

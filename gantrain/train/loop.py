@@ -243,6 +243,7 @@ class Trainer:
             self._restore(state)
         self._stop_signal: int | None = None
         self.guard, self.bad_steps = StepGuard(), 0
+        self.data_seen = (self.loader.skipped, self.loader.short_shards)
         # Evaluation during training: every rank embeds its share of the samples (gantrain.metrics).
         self.extractor = load_extractor(cfg.eval.extractor, cfg.eval.extractor_path, self.device) \
             if cfg.eval.metrics else None
@@ -302,7 +303,8 @@ class Trainer:
             return ToyLoader(self.toy, self.micro, cfg.run.seed, engine.rank, engine.world_size, state)
         return StreamLoader(self.manifest, batch_size=self.micro, seed=cfg.run.seed, shuffle=cfg.data.shuffle,
                             rank=engine.rank, world_size=engine.world_size, num_workers=cfg.data.workers,
-                            state=state, sampling=cfg.data.sampling, pin_memory=self.device.type == "cuda")
+                            state=state, sampling=cfg.data.sampling, pin_memory=self.device.type == "cuda",
+                            max_bad_in_a_row=cfg.data.max_skipped_in_a_row)
 
     # ---- phases -----------------------------------------------------------------------------------
     # Each loss runs under the engine's autocast. The network being trained is called through
@@ -483,6 +485,18 @@ class Trainer:
         self.nimg += batch
         self.step += 1
 
+    def _data_health(self) -> None:
+        """Per tick: corrupt samples and short shards to TensorBoard, and a log line while they keep coming
+        (the per-sample warnings stop after 10 per stream), so a data set going bad mid-run shows in log.txt."""
+        skipped, short = self.loader.skipped, self.loader.short_shards
+        self.stats.add("Data/skipped", torch.tensor(float(skipped)))
+        self.stats.add("Data/short_shards", torch.tensor(float(short)))
+        if (skipped, short) != self.data_seen:
+            log.warning("data: %d corrupt samples skipped so far (+%d this tick), %d short shards; last: %s",
+                        skipped, skipped - self.data_seen[0], short,
+                        self.loader.notes.get("last_skip") or self.loader.notes.get("last_short", "?"))
+            self.data_seen = (skipped, short)
+
     def _count_bad_step(self, bad: bool) -> None:
         """Skipped or rolled-back steps are counted; max_bad_steps of them in a row end the run."""
         self.stats.add("Skipped/nonfinite", torch.tensor(1.0 if bad else 0.0))
@@ -604,7 +618,8 @@ class Trainer:
                 return
         else:
             g = self.cfg.log.grid
-            stream = samples(self.manifest, seed=0, shuffle=False, infinite=False)
+            stream = samples(self.manifest, seed=0, shuffle=False, infinite=False,
+                             max_bad_in_a_row=self.cfg.data.max_skipped_in_a_row)
             images = torch.stack([image for image, *_ in itertools.islice(stream, g * g)])
             if images.shape[-1] != self.spec.resolution:
                 factor = images.shape[-1] // self.spec.resolution
@@ -648,7 +663,7 @@ class Trainer:
                     return done or before // units[key] != self.nimg // units[key]
 
                 if due("tick_kimg"):
-                    self.stats.add("Data/skipped", torch.tensor(float(self.loader.skipped)))
+                    self._data_health()
                     self.stats.add("LR/G", torch.tensor(self.G.optimizer.param_groups[0]["lr"]))
                     self.stats.add("LR/D", torch.tensor(self.D.optimizer.param_groups[0]["lr"]))
                     if cfg.progressive.enabled:
