@@ -30,7 +30,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def cmd_train(args: argparse.Namespace) -> int:
     from gantrain.train.loop import run
 
+    if args.nproc < 1:
+        raise config_mod.ConfigError("--nproc", f"must be >= 1 (got {args.nproc})")
     cfg = config_mod.load(args.config, args.overrides)
+    if args.nproc > 1 and cfg.engine.name == "single" and "RANK" not in os.environ:
+        args.overrides = [*args.overrides, "engine.name=ddp"]  # N ranks of one process each would be N runs
+        cfg = config_mod.load(args.config, args.overrides)
+        print(f"gantrain: --nproc {args.nproc}: engine.name=ddp", file=sys.stderr)
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     if args.ray:
         from gantrain.ray_train import train_on_ray
@@ -41,9 +47,6 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"last checkpoint in Ray storage: {result['checkpoint']}")
         return 0
     if args.nproc > 1 and "RANK" not in os.environ:
-        if cfg.engine.name == "single":
-            raise config_mod.ConfigError("engine.name", f"--nproc {args.nproc} needs a distributed engine "
-                                         "(engine.name=ddp)")
         return launch_local(args, run_dir)
     result = run(cfg, run_dir, resume=args.resume)
     if int(os.environ.get("RANK", 0)) != 0:
@@ -233,6 +236,8 @@ def _eval_device(name: str):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.nproc < 1:
+        raise config_mod.ConfigError("--nproc", f"must be >= 1 (got {args.nproc})")
     if args.nproc > 1 and "RANK" not in os.environ:
         return _torchrun(args.nproc, _drop_option(args.argv, "--nproc"))
     import torch.distributed as dist
@@ -404,8 +409,18 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gantrain")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gantrain", description="Train GANs at scale.")
+    parser.add_argument("--version", action="version", version=f"gantrain {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train from a YAML config")
@@ -413,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.kimg=2 model.channels=64")
     p.add_argument("--run-dir", help="where checkpoints, logs and TensorBoard go (default runs/<config name>)")
     p.add_argument("--resume", help="'auto' (latest checkpoint of the run dir, if any) or a checkpoint path")
-    p.add_argument("--nproc", type=int, default=1, help="start N local ranks (via torchrun); needs engine.name=ddp")
+    p.add_argument("--nproc", type=int, default=1, help="start N local ranks (via torchrun); N > 1 implies "
+                   "engine.name=ddp unless the config names deepspeed")
     p.add_argument("--ray", action="store_true", help="run under Ray Train (TorchTrainer), see the ray section")
     p.add_argument("--workers", type=int, default=1, help="--ray: number of training workers")
     p.add_argument("--cpus-per-worker", type=float, default=1)

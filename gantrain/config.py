@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -492,9 +493,13 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     """Read a YAML config, apply `a.b=value` overrides, type-check and validate."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError("", f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError("", f"{path}: is a directory, not a YAML config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path}: not a text file (a YAML config is expected)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -565,6 +570,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
@@ -586,6 +594,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, f"expected a mapping, got {value!r} ({type(value).__name__})")
         return {_coerce(args[0], k, f"{key}.{k}"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
+            return []  # `eval.metrics=none`, as people write it for "off"
+        if isinstance(value, str) and args[0] is str:  # `eval.metrics=fid,kid` on a command line
+            return [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, f"expected a list, got {value!r} ({type(value).__name__})")
         return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -598,8 +610,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, f"expected an integer, got {value!r} ({type(value).__name__})")
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e4 and 1E-4 (no dot, or no signed exponent) as text
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"expected a number, got {value!r} ({type(value).__name__})")
+        if not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number (got {value})")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -125,3 +125,49 @@ def test_credentials_in_urls_are_masked_where_configs_are_written():
     assert "se/cr+et" not in text and "s3://AKIAEXAMPLE:***@bucket.example.com/runs" in text
     assert cfg.ray.storage_path.endswith("se/cr+et@bucket.example.com/runs")  # the live config keeps it
     assert config_mod.redacted(cfg)["data"]["path"] == "data/x"
+
+
+def test_numbers_as_people_write_them_and_only_finite_ones(tmp_path):
+    """YAML 1.1 reads 1e4 and 1E-4 as strings: accepted as numbers in files and overrides; inf/nan refused."""
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {g_lr: 1e4, d_lr: 1E-4}\ndata: {path: x}\n")
+    cfg = config_mod.load(path, ["optim.betas=[0, 9e-1]", "train.kimg=2e1"])
+    assert (cfg.optim.g_lr, cfg.optim.d_lr, cfg.optim.betas, cfg.train.kimg) == (1e4, 1e-4, [0.0, 0.9], 20.0)
+    for bad, key in (("train.kimg=.inf", "train.kimg"), ("optim.g_lr=.nan", "optim.g_lr"),
+                     ("optim.g_lr=fast", "optim.g_lr")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            config_mod.load(path, [bad])
+
+
+def test_eval_metrics_none_turns_evaluation_off(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {path: x}\neval: {metrics: [fid]}\n")
+    assert config_mod.load(path, ["eval.metrics=none"]).eval.metrics == []
+    assert config_mod.load(path, ["eval.metrics=fid,kid"]).eval.metrics == ["fid", "kid"]
+
+
+def test_cli_one_line_errors_before_anything_is_created(tmp_path, capsys):
+    from gantrain.cli import main as cli_main
+
+    image = tmp_path / "image.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe\x80binary")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{path: {tmp_path}}}\n")
+    cases = [(["train", str(image)], "image.png"),
+             (["train", str(config), "train.kimg=.inf", "--run-dir", str(tmp_path / "r1")], "train.kimg"),
+             (["train", str(config), "--nproc", "0", "--run-dir", str(tmp_path / "r2")], "--nproc"),
+             (["train", str(tmp_path), "--run-dir", str(tmp_path / "r3")], "is a directory")]
+    for argv, culprit in cases:
+        capsys.readouterr()
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and culprit in err, err
+    assert not any((tmp_path / f"r{i}").exists() for i in (1, 2, 3))
+
+
+def test_version(capsys):
+    from gantrain.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as info:
+        cli_main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("gantrain 0.")

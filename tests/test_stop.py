@@ -33,7 +33,7 @@ def _config(tmp_path: Path, data: Path) -> Path:
 
 
 def _command(config: Path, run_dir: Path, nproc: int, kimg: float, resume: bool = False) -> list[str]:
-    engine = ["engine.name=ddp", "--nproc", str(nproc)] if nproc > 1 else []
+    engine = ["--nproc", str(nproc)] if nproc > 1 else []  # --nproc 2 implies engine.name=ddp
     return [sys.executable, "-m", "gantrain", "train", str(config), f"train.kimg={kimg}", *engine,
             "--run-dir", str(run_dir), *(["--resume", "auto"] if resume else [])]
 
