@@ -21,10 +21,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from gantrain.metrics.features import ExtractorError
     from gantrain.ray_jobs import JobsError
     from gantrain.train.checkpoint import CheckpointError
+    from gantrain.atomic import LockedError
     from gantrain.train.guard import DivergedError
 
     return (config_mod.ConfigError, DataError, PackError, SourceError, CheckpointError, ExtractorError, JobsError,
-            DivergedError)
+            DivergedError, LockedError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

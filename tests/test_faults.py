@@ -1,6 +1,7 @@
 """Numerical faults: inf/NaN never reach the weights, G_ema, a checkpoint, an export or stats.jsonl."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -223,3 +224,85 @@ def test_data_path_pointing_at_a_file_is_one_line(digits16):
 
     with pytest.raises(DataError, match="must be a directory"):
         read_manifest(digits16 / "manifest.json")
+
+
+# ---- run directory ------------------------------------------------------------------------------------
+def test_resume_auto_refuses_a_run_dir_whose_checkpoints_are_all_damaged(digits16, tmp_path):
+    cfg = tiny_config(digits16, log={"snapshot_kimg": 0.032, "keep": 2})
+    run(cfg, tmp_path)
+    damaged = checkpoint.list_checkpoints(tmp_path)
+    for path in damaged:
+        path.write_bytes(path.read_bytes()[:1000])
+    before = {p: p.read_bytes() for p in damaged}
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        run(cfg, tmp_path, resume="auto")
+    assert "\n" not in str(info.value) and all(p.name in str(info.value) for p in damaged)
+    assert {p: p.read_bytes() for p in damaged} == before  # nothing overwritten
+
+
+def test_stale_temps_are_removed_and_a_missing_export_is_written_on_resume(digits16, tmp_path):
+    import os
+
+    run(tiny_config(digits16, train={"kimg": 0.032}), tmp_path)
+    latest = checkpoint.list_checkpoints(tmp_path)[-1]
+    export = tmp_path / checkpoint.export_name(32)
+    export.unlink()  # killed between the checkpoint's rename and the export's
+    dead = 2 ** 22 + 12345  # above the default pid_max: no such process
+    stale = [tmp_path / f".checkpoint-0000000048.pt.tmp-{dead}", tmp_path / f".config.yaml.tmp-{dead}",
+             tmp_path / ".tmpa1b2c3"]
+    for path in stale:
+        path.write_bytes(b"x" * 100)
+    alive = tmp_path / f".fakes-0000000048.png.tmp-{os.getppid()}"  # a live writer's temp stays
+    alive.write_bytes(b"x")
+    run(tiny_config(digits16, train={"kimg": 0.048}), tmp_path, resume="auto")
+    assert not any(p.exists() for p in stale) and alive.exists()
+    assert export.exists() and latest.exists()
+
+
+def test_a_second_trainer_on_the_same_run_dir_is_refused(digits16, tmp_path):
+    from gantrain.atomic import LockedError, RunLock
+
+    lock = RunLock(tmp_path)  # as a running trainer holds it
+    with pytest.raises(LockedError, match=str(tmp_path)):
+        run(tiny_config(digits16, train={"kimg": 0.016}), tmp_path)
+    lock.release()
+    run(tiny_config(digits16, train={"kimg": 0.016}), tmp_path)  # released: runs
+
+
+def test_outputs_share_one_file_mode(digits16, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        run(tiny_config(digits16, train={"kimg": 0.016}), tmp_path)
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()
+             if p.is_file() and not p.name.startswith(".") and p.suffix in (".pt", ".safetensors", ".png", ".yaml")}
+    assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(digits16, tmp_path):
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root / CAP_SYS_ADMIN)")
+    try:
+        cfg = tiny_config(digits16, train={"kimg": 0.016}, log={"image_kimg": 1000})
+        run(cfg, mount / "r")
+        first = checkpoint.list_checkpoints(mount / "r")[-1]
+        size = first.stat().st_size
+        filler = mount / "filler"
+        free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+        filler.write_bytes(b"\0" * max(free - size // 2, 0))  # room for less than one more checkpoint
+        with pytest.raises(checkpoint.CheckpointError) as info:
+            run(tiny_config(digits16, train={"kimg": 0.032}, log={"image_kimg": 1000}), mount / "r", resume="auto")
+        message = str(info.value)
+        assert "\n" not in message and str(mount / "r") in message and "no space left" in message
+        assert checkpoint.load(first)["counters"]["nimg"] == 16
+        assert not [p for p in (mount / "r").iterdir() if ".tmp" in p.name]
+    finally:
+        subprocess.run(["umount", str(mount)])

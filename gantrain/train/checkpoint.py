@@ -7,11 +7,14 @@ is complete, so a crash at any moment leaves the previous checkpoint usable.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import pickle
 import re
+import shutil
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,10 @@ class CheckpointError(RuntimeError):
     pass
 
 
+class NonFiniteError(CheckpointError):
+    """The state to be written holds inf/NaN: refused, the previous checkpoint stays the latest."""
+
+
 def _flat(tree: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     if isinstance(tree, torch.Tensor):
         return {prefix.rstrip("."): tree}
@@ -41,7 +48,7 @@ def _refuse_nonfinite(state: dict[str, Any], g_ema: dict[str, torch.Tensor]) -> 
     """A checkpoint or export with inf/NaN in it would poison every resume and sample: never write one."""
     bad = nonfinite_names({**_flat(state), **_flat(g_ema, "G_ema export.")})
     if bad:
-        raise CheckpointError(f"refusing to write a checkpoint with non-finite values in {len(bad)} tensor(s): "
+        raise NonFiniteError(f"refusing to write a checkpoint with non-finite values in {len(bad)} tensor(s): "
                               f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
 
 
@@ -53,17 +60,40 @@ def export_name(nimg: int) -> str:
     return f"G_ema-{nimg:010d}.safetensors"
 
 
+@contextmanager
+def _disk_full_is_one_line(run_dir: Path, state: dict[str, Any]):
+    """ENOSPC (and torch's wrapped form of it) becomes one line naming the run dir and the space needed;
+    the temp file is gone and the previous checkpoint untouched (atomic writes)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        need = sum(t.numel() * t.element_size() for t in _flat(state).values()) / 2**20
+        free = shutil.disk_usage(run_dir).free / 2**20
+        # torch reports a failed write inside its zip writer as "[enforce fail at inline_container.cc]"
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or \
+            ("inline_container" in str(exc) and free < need)
+        if not full:
+            raise
+        raise CheckpointError(f"{run_dir}: no space left on device for a checkpoint (needs about {need:.0f} MiB, "
+                              f"{free:.0f} MiB free); the previous checkpoint is intact") from None
+
+
+def write_export(run_dir: Path, name: str, g_ema: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in g_ema.items()}
+    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    atomic_save(run_dir / name, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
 def save(run_dir: Path, state: dict[str, Any], nimg: int, keep: int,
          g_ema: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Write the checkpoint, its safetensors export and the pointer; then prune to the newest KEEP."""
     _refuse_nonfinite(state, g_ema)
     path = run_dir / checkpoint_name(nimg)
-    with atomic_open(path, "wb") as f:
-        torch.save(state, f)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in g_ema.items()}
-    meta = {k: json.dumps(v) for k, v in metadata.items()}
-    atomic_save(run_dir / export_name(nimg), lambda tmp: save_file(tensors, tmp, metadata=meta))
-    atomic_write(run_dir / LATEST, path.name + "\n")
+    with _disk_full_is_one_line(run_dir, state):
+        with atomic_open(path, "wb") as f:
+            torch.save(state, f)
+        write_export(run_dir, export_name(nimg), g_ema, metadata)
+        atomic_write(run_dir / LATEST, path.name + "\n")
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
         (run_dir / export_name(int(_NAME.search(old.name).group(1)))).unlink(missing_ok=True)
@@ -79,11 +109,10 @@ def save_best(run_dir: Path, state: dict[str, Any], g_ema: dict[str, torch.Tenso
     and its G_ema export; metadata["best"] says which figure, its value and the kimg."""
     _refuse_nonfinite(state, g_ema)
     path = run_dir / BEST
-    with atomic_open(path, "wb") as f:
-        torch.save(state, f)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in g_ema.items()}
-    meta = {k: json.dumps(v) for k, v in metadata.items()}
-    atomic_save(run_dir / BEST_EXPORT, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    with _disk_full_is_one_line(run_dir, state):
+        with atomic_open(path, "wb") as f:
+            torch.save(state, f)
+        write_export(run_dir, BEST_EXPORT, g_ema, metadata)
     return path
 
 
@@ -118,9 +147,14 @@ def load_latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     if pointer.exists():
         named = run_dir / pointer.read_text().strip()
         candidates = [named] + [c for c in candidates if c != named]
+    damaged = []
     for path in candidates:
         try:
             return path, load(path)
         except CheckpointError as exc:
             log.warning("skipping damaged checkpoint: %s", exc)
+            damaged.append(path.name)
+    if damaged:  # starting from zero would train over (and later overwrite) files that are not ours
+        raise CheckpointError(f"{run_dir}: no readable checkpoint to resume from (damaged: {', '.join(damaged)}); "
+                              "move them away to start afresh, or pass --resume PATH")
     return None

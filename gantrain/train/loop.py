@@ -37,7 +37,7 @@ from torch import nn
 
 from gantrain import config as config_mod
 from gantrain import losses, models
-from gantrain.atomic import atomic_write
+from gantrain.atomic import RunLock, atomic_write, remove_stale_temps
 from gantrain.config import Config, ConfigError, OptimConfig
 from gantrain.data.stream import Manifest, StreamLoader, read_manifest, samples
 from gantrain.data.toy import ToyLoader, ToyProblem
@@ -561,7 +561,7 @@ class Trainer:
             try:
                 path = checkpoint.save(self.run_dir, state, self.nimg, self.cfg.log.keep, self.G_ema.state_dict(), meta)
                 log.info("checkpoint %s", path)
-            except checkpoint.CheckpointError as exc:  # non-finite state: the previous checkpoint stays latest
+            except checkpoint.NonFiniteError as exc:  # the previous checkpoint stays the latest
                 log.error("kimg %.2f: %s", self.nimg / 1000, exc)
         self.host.checkpointed(path, self.nimg, self.scalars)
         return path
@@ -586,7 +586,7 @@ class Trainer:
             try:
                 path = checkpoint.save_best(self.run_dir, state, self.G_ema.state_dict(), meta)
                 log.info("new best %s %.6g at kimg %.2f: %s", name, value, self.nimg / 1000, path)
-            except checkpoint.CheckpointError as exc:
+            except checkpoint.NonFiniteError as exc:
                 log.error("kimg %.2f: best checkpoint not written: %s", self.nimg / 1000, exc)
 
     def _grid(self, monitor: Monitor) -> None:
@@ -725,10 +725,30 @@ def run(cfg: Config, run_dir: str | Path, resume: str | None = None, engine: Eng
         raise ConfigError("", f"{run_dir} already holds checkpoints; pass --resume auto to continue that run or "
                           "--run-dir for a new one")
     run_dir.mkdir(parents=True, exist_ok=True)
+    # A second trainer on this run dir stops here, before touching anything; the lock goes with the run.
+    lock = RunLock(run_dir) if engine.is_main else None
+    try:
+        return _run_locked(cfg, run_dir, engine, state, resumed_from, host)
+    finally:
+        engine.close()
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(cfg: Config, run_dir: Path, engine: Engine, state: dict[str, Any] | None,
+                resumed_from: str | Path | None, host: Host | None) -> dict[str, Any]:
     if engine.is_main:
         setup_logging(run_dir, quiet_console=cfg.log.progress)
+        for path in remove_stale_temps(run_dir):
+            log.info("removed %s, left by a writer that was killed", path.name)
     if state is not None:
         log.info("resuming from %s at kimg %.2f", resumed_from, state["counters"]["nimg"] / 1000)
+        export = checkpoint.export_name(state["counters"]["nimg"])
+        if engine.is_main and Path(resumed_from).parent == run_dir and not (run_dir / export).exists():
+            # killed between the checkpoint's rename and its export's
+            checkpoint.write_export(run_dir, export, state["G_ema"], {
+                "config": state["config"], "spec": state["spec"], "nimg": state["counters"]["nimg"]})
+            log.info("wrote the missing %s", export)
     manifest = None if cfg.data.toy.name != "none" else read_manifest(cfg.data.path)
     cfg = resolve(cfg, manifest, engine.world_size)
     if state is not None:
@@ -737,7 +757,4 @@ def run(cfg: Config, run_dir: str | Path, resume: str | None = None, engine: Eng
             log.warning("config differs from the checkpoint's: %s", "; ".join(changes))
     if engine.is_main:
         atomic_write(run_dir / "config.yaml", config_mod.dump(cfg))
-    try:
-        return Trainer(cfg, run_dir, engine, state, manifest, host).train()
-    finally:
-        engine.close()
+    return Trainer(cfg, run_dir, engine, state, manifest, host).train()
