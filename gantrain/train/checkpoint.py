@@ -49,7 +49,7 @@ def _refuse_nonfinite(state: dict[str, Any], g_ema: dict[str, torch.Tensor]) -> 
     bad = nonfinite_names({**_flat(state), **_flat(g_ema, "G_ema export.")})
     if bad:
         raise NonFiniteError(f"refusing to write a checkpoint with non-finite values in {len(bad)} tensor(s): "
-                              f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+                             f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
 
 
 def checkpoint_name(nimg: int) -> str:
