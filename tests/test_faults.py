@@ -305,4 +305,4 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(digits16, tmp
         assert checkpoint.load(first)["counters"]["nimg"] == 16
         assert not [p for p in (mount / "r").iterdir() if ".tmp" in p.name]
     finally:
-        subprocess.run(["umount", str(mount)])
+        subprocess.run(["umount", "--lazy", str(mount)])  # log.txt may still be open in this process
