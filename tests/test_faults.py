@@ -187,6 +187,36 @@ def test_a_truncated_shard_is_warned_about_and_counted(digits16, tmp_path, caplo
     loader.close()
 
 
+def test_a_data_set_going_bad_mid_run_shows_in_log_txt_every_tick(digits16, tmp_path):
+    """The per-sample warnings stop after 10 per stream; after that log.txt still gets one summary line per
+    tick with the running count and the last reason, and the count matches Data/skipped in stats.jsonl."""
+    import shutil
+
+    import webdataset as wds
+
+    shutil.copytree(digits16, tmp_path / "d")
+    for shard in sorted((tmp_path / "d").glob("shard-*.tar")):
+        rows = list(wds.WebDataset(str(shard), shardshuffle=False))
+        with wds.TarWriter(str(shard)) as writer:
+            for i, row in enumerate(rows):  # every third image damaged, all through the data set
+                writer.write({"__key__": row["__key__"], "cls": row["cls"],
+                              "png": b"\x89PNG damaged" if i % 3 == 0 else row["png"]})
+    run_dir = tmp_path / "r"
+    run(tiny_config(tmp_path / "d", train={"kimg": 0.16}, log={"tick_kimg": 0.032, "snapshot_kimg": 0.16}),
+        run_dir)
+    log_lines = (run_dir / "log.txt").read_text().splitlines()
+    per_sample = [line for line in log_lines if "skipped corrupt sample" in line]
+    summaries = [line for line in log_lines if "corrupt samples skipped so far" in line]
+    assert len(per_sample) == 20  # the reals grid's stream and the training stream: ten each, then silence
+    assert len(summaries) == 5  # one per tick: 0.16 kimg / 0.032
+    counts = [int(line.split("data: ")[1].split()[0]) for line in summaries]
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    assert all("last: " in line and ".tar: cannot identify image file" in line for line in summaries)
+    assert not any(" at 0x" in line for line in summaries + per_sample)
+    skipped = [_strict_json(line)["Data/skipped"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert skipped[-1] == counts[-1] > 10
+
+
 MANIFEST_DAMAGE = {
     "binary": (b"\x89PNG\r\n\x1a\n\xff\xfe", "not UTF-8"),
     "a list": (b"[1, 2]", "expected a JSON object"),

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -202,6 +203,11 @@ def _shard_order(num_shards: int, cur: Cursor, *, sampling: str, infinite: bool,
         cur.shard = 0
 
 
+def _reason(exc: Exception) -> str:
+    """An exception as a readable reason: without object reprs such as PIL's `<_io.BytesIO object at 0x..>`."""
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)) or type(exc).__name__
+
+
 def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, rank: int = 0,
             world_size: int = 1, worker: int = 0, num_workers: int = 1, cursor: Cursor | None = None,
             sampling: str = "epochs", max_bad_in_a_row: int = 1000,
@@ -242,7 +248,7 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
             except Exception as exc:  # corrupt sample: skip and count, never stall the stream
                 cur.skipped += 1
                 bad_in_a_row += 1
-                notes["last_skip"] = f"{sample.get('__key__')} in {url}: {exc}"
+                notes["last_skip"] = f"{sample.get('__key__')} in {url}: {_reason(exc)}"
                 if cur.skipped <= 10:
                     log.warning("skipped corrupt sample %s", notes["last_skip"])
                 if bad_in_a_row >= max_bad_in_a_row:
