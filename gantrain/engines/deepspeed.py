@@ -17,6 +17,8 @@ world sizes.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -118,6 +120,28 @@ class DeepSpeedNet(Net):
         self.engine.optimizer._restore_from_bit16_weights()  # fp32 master partition from the loaded weights
 
 
+def pending_op_build() -> str | None:
+    """The line to print when DeepSpeed is about to JIT-compile its CPU communication op (first run on a
+    machine, silent for about a minute otherwise); None on GPU or when the op is already built/cached."""
+    if torch.cuda.is_available():
+        return None
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import installed_ops
+    from torch.utils import cpp_extension
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False) \
+            or installed_ops.get(builder.NAME, False):
+        return None
+    # the directory torch's JIT loader builds into (honours TORCH_EXTENSIONS_DIR)
+    build_dir = Path(cpp_extension._get_build_directory(builder.NAME, verbose=False))
+    if any(build_dir.glob(f"{builder.NAME}*.so")):
+        return None
+    return (f"gantrain: building DeepSpeed's CPU communication op ({builder.NAME}) once for this machine, "
+            f"about a minute; cached in {build_dir} (set TORCH_EXTENSIONS_DIR to keep it elsewhere)")
+
+
 class DeepSpeedEngine(DDPEngine):
     def __init__(self, cfg: EngineConfig, train: TrainConfig):
         if cfg.precision == "fp16":
@@ -127,6 +151,9 @@ class DeepSpeedEngine(DDPEngine):
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         import deepspeed
 
+        notice = pending_op_build()
+        if notice and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            print(notice, file=sys.stderr, flush=True)
         if not dist.is_initialized() and "RANK" in os.environ:
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         super().__init__(cfg)
