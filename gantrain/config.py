@@ -641,6 +641,42 @@ def redacted(cfg: Config) -> dict[str, Any]:
     return mask(cfg.to_dict())
 
 
+def in_use(cfg: Config, hosts: tuple[str, ...] = ()) -> dict[str, Any]:
+    """redacted(cfg) without what this run does not read, in config order: the toy problem or the shard
+    settings (whichever is unused), regularizers and noise that are off, the acgan weight without acgan,
+    progressive growing when off, eval without metrics, zero_stage off DeepSpeed, sync_batchnorm off DDP,
+    and the sections of hosting frameworks (`ray`) unless HOSTS names them. What HParams lists."""
+    tree = redacted(cfg)
+    data, loss, engine = tree["data"], tree["loss"], tree["engine"]
+    if cfg.data.toy.name == "none":
+        del data["toy"]
+    else:
+        tree["data"] = {"toy": data["toy"]}
+    for name in ("r1", "r2", "gp", "drift", "ortho"):
+        if not getattr(cfg.loss, name).weight:
+            del loss[name]
+    for name, off in (("instance_noise", not cfg.loss.instance_noise.std), ("clip", not cfg.loss.clip),
+                      ("label_smoothing", not cfg.loss.label_smoothing),
+                      ("feature_matching", not cfg.loss.feature_matching),
+                      ("acgan", cfg.model.conditioning != "acgan")):
+        if off:
+            del loss[name]
+    if cfg.engine.name != "deepspeed":
+        del engine["zero_stage"]
+    if cfg.engine.name != "ddp":
+        del engine["sync_batchnorm"]
+    if not cfg.progressive.enabled:
+        del tree["progressive"]
+    if not cfg.eval.metrics:
+        del tree["eval"]
+    for name in ("ray",):
+        if name not in hosts:
+            del tree[name]
+    if cfg.preset is None:
+        del tree["preset"]
+    return tree
+
+
 def dump(cfg: Config) -> str:
     """YAML of the config, credentials in URLs masked."""
     return yaml.safe_dump(redacted(cfg), sort_keys=False)

@@ -90,7 +90,8 @@ def setup_logging(run_dir: Path | None, quiet_console: bool) -> None:
 
 class Monitor:
     def __init__(self, run_dir: Path, config: dict[str, Any], *, enabled: bool, total_nimg: int, start_nimg: int,
-                 progress: bool):
+                 progress: bool, hparams_config: dict[str, Any] | None = None):
+        """CONFIG goes to TensorBoard's text tab in full; HPARAMS_CONFIG (default CONFIG) to the HParams table."""
         self.enabled = enabled
         self.run_dir = run_dir
         self.start_time = self.tick_time = time.perf_counter()
@@ -101,7 +102,7 @@ class Monitor:
             return
         # purge_step drops events a previous, interrupted attempt wrote after the resumed checkpoint.
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_nimg if start_nimg else None)
-        exp, ssi, sei = hparams(_flat(config), {"Loss/G": float("nan")})
+        exp, ssi, sei = hparams(_flat(config if hparams_config is None else hparams_config), {"Loss/G": float("nan")})
         for summary in (exp, ssi, sei):
             self.writer.file_writer.add_summary(summary)
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=1) + "\n```", start_nimg)

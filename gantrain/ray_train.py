@@ -49,6 +49,8 @@ class RayHost(Host):
     restarts the group from that checkpoint instead of taking the run for finished.
     """
 
+    sections = ("ray",)
+
     def __init__(self) -> None:
         import ray
 

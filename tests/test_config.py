@@ -171,3 +171,15 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         cli_main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith("gantrain 0.")
+
+
+def test_hparams_list_only_what_the_run_reads_in_config_order():
+    toy = config_mod.from_dict({"data": {"toy": {"name": "ring"}}, "model": {"name": "mlp"}})
+    used = config_mod.in_use(toy)
+    assert list(used["data"]) == ["toy"]  # the shard settings are unused by a toy problem
+    image = config_mod.from_dict({"data": {"path": "d"}, "progressive": {"enabled": True}, "model": {"name": "progan"},
+                                  "loss": {"drift": {"weight": 0.001}}, "engine": {"name": "deepspeed"}})
+    used = config_mod.in_use(image, hosts=("ray",))
+    assert "toy" not in used["data"] and "progressive" in used and "ray" in used and "eval" not in used
+    assert list(used["loss"]) == ["name", "drift"] and "zero_stage" in used["engine"]
+    assert list(used) == [k for k in config_mod.redacted(image) if k in used]  # config order

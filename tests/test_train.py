@@ -113,6 +113,17 @@ def test_tensorboard_scalars_images_and_run_dir(digits16, tmp_path):
     assert [e.step for e in acc.Scalars("Progress/kimg")] == [32, 64, 80]
     hparams = acc.PluginTagToContent("hparams")
     assert b"train.batch" in hparams["_hparams_/session_start_info"]  # the config as hparams
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    listed = [h.name for h in plugin_data_pb2.HParamsPluginData.FromString(
+        hparams["_hparams_/experiment"]).experiment.hparam_infos]
+    # only what this run reads (lazy R1 on; no toy problem, other regularizers, progressive, eval, Ray),
+    # sections in config order
+    assert {"data.path", "loss.r1.weight", "loss.r1.interval", "train.batch", "engine.precision"} <= set(listed)
+    assert not [n for n in listed if n.split(".")[0] in ("progressive", "eval", "ray")
+                or n.startswith(("data.toy.", "loss.gp.", "loss.r2.", "loss.instance_noise.", "engine.zero_stage"))]
+    sections = list(dict.fromkeys(n.split(".")[0] for n in listed))
+    assert sections == ["run", "data", "model", "loss", "optim", "train", "log", "engine"]
     assert acc.Scalars("Progress/kimg")[-1].value == pytest.approx(0.08)
     images = {tag: acc.Images(tag) for tag in acc.Tags()["images"]}
     assert set(images) == {"fakes", "reals", "truncation"}

@@ -171,6 +171,8 @@ class Host:
     """What a hosting framework (Ray Train) hears from the loop and may ask of it. The default does nothing.
     Both methods are called on every rank at the same points (the host may use them as barriers)."""
 
+    sections: tuple[str, ...] = ()  # config sections of the host's own (listed in HParams when it runs)
+
     def checkpointed(self, path: Path | None, nimg: int, scalars: dict[str, float]) -> None:
         """A checkpoint was written (PATH on rank 0, None on the others)."""
 
@@ -638,7 +640,8 @@ class Trainer:
         cfg = self.cfg
         total = round(cfg.train.kimg * 1000)
         monitor = Monitor(self.run_dir, config_mod.redacted(cfg), enabled=self.engine.is_main, total_nimg=total,
-                          start_nimg=self.nimg, progress=cfg.log.progress)
+                          start_nimg=self.nimg, progress=cfg.log.progress,
+                          hparams_config=config_mod.in_use(cfg, self.host.sections))
         units = {k: max(round(getattr(cfg.log, k) * 1000), 1) for k in ("tick_kimg", "image_kimg", "snapshot_kimg")}
         units["eval"] = max(round(cfg.eval.every_kimg * 1000), 1)
         # Signals can only be caught in the main thread (a worker thread of a host framework keeps its own).
