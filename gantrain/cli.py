@@ -154,7 +154,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
               for i in range(0, args.n, 64)]
     import torch
 
-    save_png(make_grid(torch.cat(images), cols), args.out)
+    save_png(make_grid(torch.cat(images), cols), args.out, scale=_scale(args))
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 
@@ -166,9 +166,15 @@ def cmd_truncation(args: argparse.Namespace) -> int:
     G = _image_generator(args.checkpoint)
     _check_class(G, args.class_index)
     psis = _floats(args.psi, "--psi")
-    save_png(truncation_sweep(G, psis, args.rows, args.seed, args.class_index), args.out)
+    save_png(truncation_sweep(G, psis, args.rows, args.seed, args.class_index, scale=_scale(args)), args.out)
     print(f"wrote a {args.rows} x {len(psis)} truncation sweep (psi {', '.join(map(str, psis))}) to {args.out}")
     return 0
+
+
+def _scale(args: argparse.Namespace) -> int | None:
+    if args.scale is not None and args.scale < 1:
+        raise config_mod.ConfigError("--scale", f"must be an integer >= 1 (got {args.scale})")
+    return args.scale
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -186,7 +192,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     G = _image_generator(args.checkpoint)
     _check_class(G, args.class_index)
     frames = interpolation_frames(G, args.n, args.keyframes, args.steps, args.seed, args.class_index, args.truncation)
-    write_animation(frames, args.out, fps=args.fps, scale=args.scale)
+    write_animation(frames, args.out, fps=args.fps, scale=_scale(args))
     print(f"wrote {len(frames)} frames ({args.keyframes} keyframes x {args.steps} steps, {args.n} walks) to {args.out}")
     return 0
 
@@ -195,7 +201,7 @@ def cmd_montage(args: argparse.Namespace) -> int:
     from gantrain.visual import progress_montage, save_image
 
     try:
-        image = progress_montage(args.run_dir, args.samples, args.max_rows)
+        image = progress_montage(args.run_dir, args.samples, args.max_rows, scale=_scale(args))
     except ValueError as exc:
         raise config_mod.ConfigError("run_dir", str(exc)) from None
     save_image(image, args.out)
@@ -484,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_index", type=int, help="class for every sample (conditional models; "
                    "default: one class per row)")
     p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1: none)")
+    p.add_argument("--scale", type=int, default=1, help="enlarge every image N times (nearest neighbour)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("truncation", help="grid of samples, one column per truncation psi")
@@ -493,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class", dest="class_index", type=int)
+    p.add_argument("--scale", type=int, help="enlarge every image N times (nearest neighbour); default: enough "
+                   "for the psi labels to fit")
     p.set_defaults(func=cmd_truncation)
 
     p = sub.add_parser("interpolate", help="latent walk as an animated .gif or .mp4")
@@ -502,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keyframes", type=int, default=4, help="latents visited per walk (it loops)")
     p.add_argument("--steps", type=int, default=24, help="frames between two keyframes")
     p.add_argument("--fps", type=int, default=24)
-    p.add_argument("--scale", type=int, default=1, help="integer upscaling of each frame")
+    p.add_argument("--scale", type=int, default=1, help="enlarge every frame N times (nearest neighbour)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class", dest="class_index", type=int)
     p.add_argument("--truncation", type=float, default=1.0)
@@ -513,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--samples", type=int, default=8, help="samples per row")
     p.add_argument("--max-rows", type=int, default=12)
+    p.add_argument("--scale", type=int, default=1, help="enlarge every image N times (nearest neighbour)")
     p.set_defaults(func=cmd_montage)
 
     p = sub.add_parser("plot", help="loss curves (and metrics) of a run as a PNG")

@@ -20,6 +20,7 @@ from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
 from gantrain.engines import Engine
+from gantrain.sampling import readable_scale, upscale
 
 log = logging.getLogger("gantrain")
 
@@ -163,9 +164,10 @@ class Monitor:
         shown = "  ".join(f"{k[8:]} {v:.4g}" for k, v in values.items() if k.startswith("Metrics/"))
         log.info("eval kimg %.2f  %s  (%.1f s)", nimg / 1000, shown, seconds)
 
-    def image(self, tag: str, grid: torch.Tensor, nimg: int) -> None:
+    def image(self, tag: str, grid: torch.Tensor, nimg: int, scale: int | None = None) -> None:
+        """GRID to TensorBoard enlarged SCALE times (nearest); None: to about 512 px, readable as shown."""
         if self.enabled:
-            self.writer.add_image(tag, grid, nimg)
+            self.writer.add_image(tag, upscale(grid, readable_scale(grid) if scale is None else scale), nimg)
             self.writer.flush()
 
     def close(self) -> None:

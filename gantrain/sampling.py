@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from gantrain.atomic import atomic_open
 from gantrain.models import Generator
@@ -47,8 +47,39 @@ def make_grid(images: torch.Tensor, cols: int) -> torch.Tensor:
     return images.reshape(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
 
 
-def save_png(grid: torch.Tensor, path: str | Path) -> None:
-    array = grid.cpu().numpy()
+def upscale(grid: torch.Tensor, scale: int) -> torch.Tensor:
+    """[C, H, W] enlarged SCALE times by pixel repetition (nearest): cells stay sharp and exact."""
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1 (got {scale})")
+    return grid if scale == 1 else grid.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+
+
+def readable_scale(grid: torch.Tensor, target: int = 512) -> int:
+    """The integer upscaling that brings a grid's longer side to about TARGET pixels (1 if already there)."""
+    return max(1, target // max(grid.shape[-2:]))
+
+
+LABEL_FONT_SIZE = 11
+
+
+def label_columns(grid: torch.Tensor, labels: list[str], short: list[str] | None = None) -> torch.Tensor:
+    """GRID ([C, H, W] uint8, len(LABELS) equal columns) with a white strip above, each column's label centred
+    in it; SHORT labels are used where the long ones do not fit a column."""
+    c, h, w = grid.shape
+    cell = w // len(labels)
+    font = ImageFont.load_default(size=LABEL_FONT_SIZE)
+    strip = Image.new("L", (w, LABEL_FONT_SIZE + 6), 255)
+    draw = ImageDraw.Draw(strip)
+    if short and max(draw.textlength(t, font=font) for t in labels) > cell - 2:
+        labels = short
+    for i, text in enumerate(labels):
+        draw.text((i * cell + (cell - draw.textlength(text, font=font)) / 2, 2), text, fill=0, font=font)
+    header = torch.from_numpy(np.array(strip)).expand(c, -1, -1)
+    return torch.cat([header, grid], dim=1)
+
+
+def save_png(grid: torch.Tensor, path: str | Path, scale: int = 1) -> None:
+    array = upscale(grid, scale).cpu().numpy()
     image = Image.fromarray(array[0] if array.shape[0] == 1 else np.transpose(array, (1, 2, 0)))
     with atomic_open(path, "wb") as f:
         image.save(f, format="PNG")

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from gantrain.atomic import atomic_open, atomic_save
 from gantrain.models import Generator
-from gantrain.sampling import make_grid, to_uint8
+from gantrain.sampling import label_columns, make_grid, to_uint8, upscale
 
 
 def style_based(G: Generator) -> bool:
@@ -56,8 +56,9 @@ def render(G: Generator, z: torch.Tensor, c: torch.Tensor | None, psi: float = 1
 
 
 def truncation_sweep(G: Generator, psis: list[float], rows: int, seed: int, class_index: int | None = None,
-                     resolution: int | None = None) -> torch.Tensor:
-    """A grid: one row per latent (seeded), one column per psi."""
+                     resolution: int | None = None, scale: int | None = None) -> torch.Tensor:
+    """A grid: one row per latent (seeded), one column per psi, enlarged SCALE times (nearest; None: just
+    enough for the labels to fit), each column labelled with its psi on a strip above."""
     device = next(G.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(rows, G.z_dim, generator=gen)
@@ -67,7 +68,14 @@ def truncation_sweep(G: Generator, psis: list[float], rows: int, seed: int, clas
             else torch.randint(0, G.num_classes, (rows,), generator=gen)
     z, c = z.to(device), None if c is None else c.to(device)
     columns = torch.stack([render(G, z, c, psi, resolution) for psi in psis], dim=1)  # [rows, psis, C, H, W]
-    return make_grid(columns.flatten(0, 1), len(psis))
+    scale = label_scale(columns.shape[-1]) if scale is None else scale
+    grid = upscale(make_grid(columns.flatten(0, 1), len(psis)), scale)
+    return label_columns(grid, [f"psi {p:g}" for p in psis], short=[f"{p:g}" for p in psis])
+
+
+def label_scale(cell: int, widest: int = 36) -> int:
+    """The smallest integer upscaling at which a CELL-pixel column fits a WIDEST-pixel label ("psi 0.8")."""
+    return max(1, -(-widest // cell))
 
 
 def interpolation_frames(G: Generator, n: int, keyframes: int, steps: int, seed: int,
@@ -141,9 +149,9 @@ def write_animation(frames: list[torch.Tensor], path: str | Path, fps: int = 24,
 _SNAPSHOT = re.compile(r"fakes-(\d{10})\.png$")
 
 
-def progress_montage(run_dir: str | Path, samples: int = 8, max_rows: int = 12) -> Image.Image:
+def progress_montage(run_dir: str | Path, samples: int = 8, max_rows: int = 12, scale: int = 1) -> Image.Image:
     """One row per fixed-latent grid of the run (at most MAX_ROWS, evenly spaced, first and last kept):
-    its first SAMPLES cells, labelled with the kimg it was drawn at."""
+    its first SAMPLES cells, enlarged SCALE times (nearest), labelled with the kimg it was drawn at."""
     run_dir = Path(run_dir)
     snaps = sorted((int(m.group(1)), p) for p in run_dir.glob("fakes-*.png") if (m := _SNAPSHOT.search(p.name)))
     if not snaps:
@@ -156,15 +164,16 @@ def progress_montage(run_dir: str | Path, samples: int = 8, max_rows: int = 12) 
     first = Image.open(snaps[0][1])
     cell = first.width // grid
     samples = min(samples, grid * grid)
-    label = 72
-    out = Image.new("RGB", (label + samples * cell, len(snaps) * cell), "white")
+    label, big = 72, cell * scale
+    out = Image.new("RGB", (label + samples * big, len(snaps) * big), "white")
     draw = ImageDraw.Draw(out)
     for row, (nimg, path) in enumerate(snaps):
         image = Image.open(path).convert("RGB")
         for i in range(samples):
             r, q = divmod(i, grid)
-            out.paste(image.crop((q * cell, r * cell, (q + 1) * cell, (r + 1) * cell)), (label + i * cell, row * cell))
-        draw.text((4, row * cell + cell // 2 - 6), f"{nimg / 1000:.1f} kimg", fill="black")
+            crop = image.crop((q * cell, r * cell, (q + 1) * cell, (r + 1) * cell))
+            out.paste(crop.resize((big, big), Image.NEAREST), (label + i * big, row * big))
+        draw.text((4, row * big + big // 2 - 6), f"{nimg / 1000:.1f} kimg", fill="black")
     return out
 
 

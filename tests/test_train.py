@@ -128,9 +128,10 @@ def test_tensorboard_scalars_images_and_run_dir(digits16, tmp_path):
     images = {tag: acc.Images(tag) for tag in acc.Tags()["images"]}
     assert set(images) == {"fakes", "reals", "truncation"}
     assert [e.step for e in images["fakes"]] == [e.step for e in images["truncation"]] == [0, 64, 80]
-    assert images["fakes"][0].width == images["fakes"][0].height == 8 * 16
-    # a row per latent, a column per psi (1 ... 0)
-    assert (images["truncation"][0].width, images["truncation"][0].height) == (5 * 16, 4 * 16)
+    # enlarged by pixel repetition to about 512 px: an 8 x 8 grid of 16 px cells 4x
+    assert images["fakes"][0].width == images["fakes"][0].height == 4 * 8 * 16
+    # a row per latent, a column per psi (1 ... 0) under a strip of psi labels; 512 // 80 = 6x
+    assert images["truncation"][0].width == 6 * 5 * 16 and 6 * 4 * 16 < images["truncation"][0].height < 6 * 4 * 16 + 30
     for name in ("config.yaml", "log.txt", "stats.jsonl", "reals.png", "latest", "fakes-0000000080.png",
                  "G_ema-0000000080.safetensors"):
         assert (tmp_path / name).exists(), name

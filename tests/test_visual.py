@@ -52,17 +52,32 @@ def test_sample_grid_has_a_class_per_row_and_truncation(run_dir, tmp_path, digit
                      "--truncation", "0"]) == 0
     cells = torch.from_numpy(np.array(Image.open(out))).view(16, 10, 16).permute(1, 0, 2)
     assert all(torch.equal(cells[0], c) for c in cells)
+    # --scale N: every pixel repeated N x N times (nearest), nothing resampled
+    big = tmp_path / "big.png"
+    assert cli_main(["sample", str(ckpt), "--out", str(big), "--n", "10", "--cols", "10", "--class", "3",
+                     "--truncation", "0", "--scale", "3"]) == 0
+    native, enlarged = np.array(Image.open(out)), np.array(Image.open(big))
+    assert enlarged.shape == (3 * 16, 3 * 160) and (enlarged == native.repeat(3, 0).repeat(3, 1)).all()
 
 
 def test_truncation_sweep_columns_go_from_diverse_to_the_mean(run_dir, tmp_path):
     out = tmp_path / "sweep.png"
     ckpt = checkpoint.list_checkpoints(run_dir)[-1]
     assert cli_main(["truncation", str(ckpt), "--out", str(out), "--psi", "1,0.5,0", "--rows", "4"]) == 0
-    image = Image.open(out)
-    assert image.size == (3 * 16, 4 * 16)
-    grid = torch.from_numpy(np.array(image)).float().view(4, 16, 3, 16).permute(2, 0, 1, 3)
+    image = np.array(Image.open(out))
+    # by default just enlarged enough (3x: 48 px columns) for a "psi P" label above each column
+    header = image.shape[0] - 4 * 48
+    assert image.shape[1] == 3 * 48 and 10 < header < 30
+    labels = [image[:header, 48 * col:48 * (col + 1)] for col in range(3)]
+    assert all((label < 128).sum() > 20 for label in labels)  # text in every column's header
+    assert not np.array_equal(labels[0], labels[1]) and not np.array_equal(labels[1], labels[2])
+    cells = torch.from_numpy(image[header::3, ::3].copy()).float()  # back to native pixels
+    grid = cells.view(4, 16, 3, 16).permute(2, 0, 1, 3)
     spread = [grid[col].std(0).mean().item() for col in range(3)]  # across rows, per column
     assert spread[0] > spread[1] > spread[2] == 0
+    assert cli_main(["truncation", str(ckpt), "--out", str(out), "--psi", "1,0", "--scale", "1"]) == 0
+    assert Image.open(out).size == (2 * 16, 6 * 16 + header)  # too narrow for "psi 1": just the number
+    assert cli_main(["truncation", str(ckpt), "--out", str(out), "--scale", "0"]) == 2
 
 
 def test_interpolation_gif_and_mp4_frames_and_sizes(run_dir, tmp_path):
@@ -117,10 +132,11 @@ class StyleG(nn.Module):
 def test_style_based_generators_truncate_towards_w_avg_and_walk_in_w():
     torch.manual_seed(0)
     G = StyleG()
-    sweep = truncation_sweep(G, [1.0, 0.0], rows=3, seed=0)  # [3, 24, 16]
+    sweep = truncation_sweep(G, [1.0, 0.0], rows=3, seed=0, scale=1)  # [3, label strip + 24, 16]
+    top = sweep.shape[1] - 3 * 8
     mean_image = ((torch.tanh(G.syn(G.w_avg[None])).view(3, 8, 8) + 1) * 127.5).round().to(torch.uint8)
     for row in range(3):
-        assert torch.equal(sweep[:, row * 8:(row + 1) * 8, 8:], mean_image)
+        assert torch.equal(sweep[:, top + row * 8:top + (row + 1) * 8, 8:], mean_image)
     frames = interpolation_frames(G, n=1, keyframes=2, steps=4, seed=0)
     keys = torch.randn(2, 1, 4, generator=torch.Generator().manual_seed(0))
     w0, w1 = G.mapping(keys[0]), G.mapping(keys[1])
@@ -137,6 +153,9 @@ def test_montage_and_loss_curves(run_dir, tmp_path):
     assert image.size == (72 + 5 * 16, snapshots * 16)
     assert cli_main(["montage", str(run_dir), "--out", str(montage), "--max-rows", "3"]) == 0
     assert Image.open(montage).size[1] == 3 * 16
+    assert cli_main(["montage", str(run_dir), "--out", str(montage), "--max-rows", "3", "--scale", "4",
+                     "--samples", "5"]) == 0
+    assert Image.open(montage).size == (72 + 5 * 64, 3 * 64)
     assert cli_main(["plot", str(run_dir), "--out", str(curves)]) == 0
     image = Image.open(curves)
     assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200

@@ -48,12 +48,12 @@ from gantrain.metrics.features import load_extractor
 from gantrain.models import DOutput
 from gantrain.models.layers import EqualizedConv2d, EqualizedLinear
 from gantrain.monitor import Monitor, Stats, setup_logging
-from gantrain.sampling import generate, latents, make_grid, save_png, to_uint8
+from gantrain.sampling import generate, latents, make_grid, readable_scale, save_png, to_uint8
 from gantrain.train import checkpoint
 from gantrain.train.ema import ema_beta, update_ema
 from gantrain.train.guard import DivergedError, StepGuard
 from gantrain.train.schedule import Schedule, Stage
-from gantrain.visual import truncation_sweep
+from gantrain.visual import label_scale, truncation_sweep
 
 log = logging.getLogger("gantrain")
 CHECKPOINT_FORMAT = "gantrain-checkpoint/1"
@@ -607,8 +607,10 @@ class Trainer:
             save_png(grid, self.run_dir / f"fakes-{self.nimg:010d}.png")
             monitor.image("fakes", grid, self.nimg)
         if not self.toy:  # what `gantrain truncation` draws: a row per latent, a column per psi
+            res = self.spec.resolution
+            scale = max(label_scale(res), readable_scale(torch.empty(4 * res, len(TRUNCATION_PSIS) * res)))
             monitor.image("truncation", truncation_sweep(self.G_ema, TRUNCATION_PSIS, rows=4, seed=GRID_SEED,
-                                                         resolution=self.spec.resolution), self.nimg)
+                                                         resolution=res, scale=scale), self.nimg, scale=1)
 
     def _reals_grid(self, monitor: Monitor) -> None:
         """Reals grid from a separate, unshuffled read: the training stream must not be consumed."""
