@@ -82,6 +82,16 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gantrain.data.verify import table, verify
+
+    reports = verify(args.data)
+    print(table(reports))
+    if any(r.checksum == "not listed" for r in reports):
+        print("(no sha256 in the manifest for some shards: repack with `gantrain pack` to record them)")
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def load_generator(path: str):
     """G_ema from a checkpoint (.pt) or its safetensors export, ready for sampling."""
     import torch
@@ -480,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards")
     p.add_argument("--force", action="store_true", help="overwrite an existing manifest")
     p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("verify", help="check every shard's sha256, sample count and decoding against the "
+                       "manifest; prints a table, exits 1 if any shard is bad")
+    p.add_argument("data", help="a directory written by `gantrain pack`")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("sample", help="write a grid of G_ema samples")
     p.add_argument("checkpoint", help="checkpoint-*.pt or G_ema-*.safetensors")

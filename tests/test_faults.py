@@ -187,6 +187,40 @@ def test_a_truncated_shard_is_warned_about_and_counted(digits16, tmp_path, caplo
     loader.close()
 
 
+def test_verify_checks_every_shards_sha256_count_and_decoding_against_the_manifest(digits16, tmp_path, capsys):
+    import shutil
+
+    import webdataset as wds
+
+    shutil.copytree(digits16, tmp_path / "d")
+    assert cli_main(["verify", str(tmp_path / "d")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + 9 + 1 and all(line.split()[-1] == "ok" for line in lines[1:-1])
+    assert lines[-1] == "9 shards, 1797 of 1797 listed samples found, 0 corrupt, 0 shard(s) bad"
+
+    truncated, damaged = tmp_path / "d" / "shard-000000.tar", tmp_path / "d" / "shard-000001.tar"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    rows = list(wds.WebDataset(str(damaged), shardshuffle=False))
+    with wds.TarWriter(str(damaged)) as writer:  # same count, one image replaced by junk: sha256 differs
+        for i, row in enumerate(rows):
+            writer.write({"__key__": row["__key__"], "cls": row["cls"], "png": b"junk" if i == 7 else row["png"]})
+    assert cli_main(["verify", str(tmp_path / "d")]) == 1
+    table = {line.split()[0]: line.split(maxsplit=5) for line in capsys.readouterr().out.splitlines()[1:-1]}
+    name, listed, found, corrupt, sha, status = table["shard-000000.tar"]
+    assert (listed, sha) == ("200", "MISMATCH") and int(found) < 200 and status.startswith("BAD")
+    name, listed, found, corrupt, sha, status = table["shard-000001.tar"]
+    assert (listed, found, corrupt, sha) == ("200", "200", "1", "MISMATCH")
+    assert status.startswith("BAD: 000000207: cannot identify image file")
+    assert table["shard-000002.tar"][3:] == ["0", "ok", "ok"]
+
+    manifest = tmp_path / "d" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["shards"][2]["sha256"] = "xyz"
+    manifest.write_text(json.dumps(data))
+    assert cli_main(["verify", str(tmp_path / "d")]) == 2  # a damaged manifest: one line naming the field
+    assert "'shards[2].sha256' must be 64 lowercase hex digits" in capsys.readouterr().err
+
+
 def test_a_data_set_going_bad_mid_run_shows_in_log_txt_every_tick(digits16, tmp_path):
     """The per-sample warnings stop after 10 per stream; after that log.txt still gets one summary line per
     tick with the running count and the last reason, and the count matches Data/skipped in stats.jsonl."""

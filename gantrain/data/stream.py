@@ -53,6 +53,7 @@ class Manifest:
     image_format: str
     shards: list[tuple[str, int]]  # (path, sample count)
     digest: str  # sha256 of manifest.json: identifies the dataset for caches
+    checksums: list[str | None] = dataclasses.field(default_factory=list)  # per shard sha256, None if unlisted
 
     @property
     def urls(self) -> list[str]:
@@ -103,7 +104,7 @@ def read_manifest(root: str | Path) -> Manifest:
     image_format = _field(data, "image_format", str, path, ok=lambda v: v in IMAGE_FORMATS,
                           need=f"one of {', '.join(IMAGE_FORMATS)}")
     entries = _field(data, "shards", list, path, ok=bool, need="a non-empty list")
-    shards = []
+    shards, checksums = [], []
     for i, entry in enumerate(entries):
         where = f"shards[{i}]"
         if not isinstance(entry, dict):
@@ -115,8 +116,10 @@ def read_manifest(root: str | Path) -> Manifest:
         if not shard.is_file():
             raise DataError(f"{path}: lists shard {name}, which is missing")
         shards.append((str(shard), number))
+        checksums.append(_field(entry, "sha256", str, path, ok=lambda v: re.fullmatch(r"[0-9a-f]{64}", v),
+                                need="64 lowercase hex digits", where=f"{where}.") if "sha256" in entry else None)
     return Manifest(root, num_images, resolution, channels, num_classes, class_names, image_format, shards,
-                    hashlib.sha256(raw).hexdigest())
+                    hashlib.sha256(raw).hexdigest(), checksums)
 
 
 @dataclass
@@ -167,7 +170,9 @@ def _raw_samples(url: str, errors: list[str]) -> list[dict[str, Any]]:
     """All samples of one shard as raw bytes; a torn tar yields what could be read."""
 
     def handler(exc: Exception) -> bool:
-        errors.append(f"{url}: {type(exc).__name__}: {exc}")
+        # webdataset re-raises with args (message, stream, url): the message alone reads as a reason
+        message = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else _reason(exc)
+        errors.append(f"{url}: {type(exc).__name__}: {message}")
         return False  # stop reading this shard; the samples before the damage are kept
 
     return list(wds.tarfile_samples([{"url": url}], handler=handler))

@@ -61,21 +61,24 @@ def export_name(nimg: int) -> str:
 
 
 @contextmanager
-def _disk_full_is_one_line(run_dir: Path, state: dict[str, Any]):
+def disk_full_is_one_line(run_dir: Path, state: dict[str, Any] | None = None):
     """ENOSPC (and torch's wrapped form of it) becomes one line naming the run dir and the space needed;
-    the temp file is gone and the previous checkpoint untouched (atomic writes)."""
+    the temp file is gone and the previous checkpoint untouched (atomic writes). Without STATE: a write of
+    the run's logs (log.txt, stats.jsonl, TensorBoard events, pictures)."""
     try:
         yield
     except (OSError, RuntimeError) as exc:
-        need = sum(t.numel() * t.element_size() for t in _flat(state).values()) / 2**20
+        need = 0 if state is None else sum(t.numel() * t.element_size() for t in _flat(state).values()) / 2**20
         free = shutil.disk_usage(run_dir).free / 2**20
         # torch reports a failed write inside its zip writer as "[enforce fail at inline_container.cc]"
         full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or \
             ("inline_container" in str(exc) and free < need)
         if not full:
             raise
-        raise CheckpointError(f"{run_dir}: no space left on device for a checkpoint (needs about {need:.0f} MiB, "
-                              f"{free:.0f} MiB free); the previous checkpoint is intact") from None
+        what = f"a checkpoint (needs about {need:.0f} MiB" if state is not None else "the run's logs (" + \
+            "TensorBoard events, stats.jsonl, pictures"
+        raise CheckpointError(f"{run_dir}: no space left on device for {what}, {free:.0f} MiB free); "
+                              "the previous checkpoint is intact") from None
 
 
 def write_export(run_dir: Path, name: str, g_ema: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
@@ -89,7 +92,7 @@ def save(run_dir: Path, state: dict[str, Any], nimg: int, keep: int,
     """Write the checkpoint, its safetensors export and the pointer; then prune to the newest KEEP."""
     _refuse_nonfinite(state, g_ema)
     path = run_dir / checkpoint_name(nimg)
-    with _disk_full_is_one_line(run_dir, state):
+    with disk_full_is_one_line(run_dir, state):
         with atomic_open(path, "wb") as f:
             torch.save(state, f)
         write_export(run_dir, export_name(nimg), g_ema, metadata)
@@ -109,7 +112,7 @@ def save_best(run_dir: Path, state: dict[str, Any], g_ema: dict[str, torch.Tenso
     and its G_ema export; metadata["best"] says which figure, its value and the kimg."""
     _refuse_nonfinite(state, g_ema)
     path = run_dir / BEST
-    with _disk_full_is_one_line(run_dir, state):
+    with disk_full_is_one_line(run_dir, state):
         with atomic_open(path, "wb") as f:
             torch.save(state, f)
         write_export(run_dir, BEST_EXPORT, g_ema, metadata)

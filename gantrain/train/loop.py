@@ -652,6 +652,7 @@ class Trainer:
             else {}
         scalars: dict[str, float] = {}
         last_snapshot = None
+        failed = True
         try:
             if self.nimg == 0:
                 self._reals_grid(monitor)
@@ -693,11 +694,14 @@ class Trainer:
                 log.warning("stop requested (%s) at kimg %.2f: checkpointing and stopping", reason, self.nimg / 1000)
                 self.loader.close()  # the workers' fate no longer matters: the cursor is in the rank
                 last_snapshot = self.snapshot()
+            failed = False
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            monitor.close()
             self.loader.close()
+            # a failure in flight (a full disk, say) is the error to report, not a flush that fails after it
+            with contextlib.suppress(OSError) if failed else contextlib.nullcontext():
+                monitor.close()
         return {"nimg": self.nimg, "step": self.step, "scalars": scalars, "checkpoint": last_snapshot,
                 "interrupted": self.nimg < total}
 
@@ -733,7 +737,8 @@ def run(cfg: Config, run_dir: str | Path, resume: str | None = None, engine: Eng
     # A second trainer on this run dir stops here, before touching anything; the lock goes with the run.
     lock = RunLock(run_dir) if engine.is_main else None
     try:
-        return _run_locked(cfg, run_dir, engine, state, resumed_from, host)
+        with checkpoint.disk_full_is_one_line(run_dir):  # config.yaml, log.txt, stats.jsonl, events, pictures
+            return _run_locked(cfg, run_dir, engine, state, resumed_from, host)
     finally:
         engine.close()
         if lock is not None:

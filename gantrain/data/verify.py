@@ -1,0 +1,63 @@
+"""`gantrain verify DATA`: every shard of a packed data set checked against its manifest.
+
+Per shard: the sha256 of its bytes against the one `pack` recorded, the samples it holds against the count
+the manifest lists, and how many of them fail to decode as the trainer decodes them (image and label only,
+nothing unpickled). A shard that differs in any of these is what a run would warn about or skip at
+training time; verifying first finds it before a long job starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gantrain.atomic import sha256_file
+from gantrain.data.stream import _decode, _raw_samples, _reason, read_manifest
+
+
+@dataclass
+class ShardReport:
+    name: str
+    listed: int  # samples the manifest lists
+    found: int  # samples the tar holds (up to the first damage)
+    corrupt: int  # samples that do not decode
+    checksum: str  # "ok", "MISMATCH" or "not listed" (a manifest written without sha256)
+    problem: str = ""  # the first read error or undecodable sample, for the table's last column
+
+    @property
+    def ok(self) -> bool:
+        return self.found == self.listed and self.corrupt == 0 and self.checksum != "MISMATCH"
+
+
+def verify(root: str | Path) -> list[ShardReport]:
+    """One report per shard, in manifest order; a damaged manifest is a DataError (one line)."""
+    manifest = read_manifest(root)
+    reports = []
+    for (url, listed), expected in zip(manifest.shards, manifest.checksums):
+        checksum = "not listed" if expected is None else "ok" if sha256_file(url) == expected else "MISMATCH"
+        errors: list[str] = []
+        raw = _raw_samples(url, errors)
+        corrupt = 0
+        problem = f"stops after {len(raw)}: {errors[0].removeprefix(url + ': ')}" if errors else ""
+        for sample in raw:
+            try:
+                _decode(sample, manifest)
+            except Exception as exc:  # counted and reported, like the trainer skips it
+                corrupt += 1
+                problem = problem or f"{sample.get('__key__')}: {_reason(exc)}"
+        reports.append(ShardReport(Path(url).name, listed, len(raw), corrupt, checksum, problem))
+    return reports
+
+
+def table(reports: list[ShardReport]) -> str:
+    """A fixed-width table, one row per shard, then a totals line."""
+    width = max([len("shard"), *(len(r.name) for r in reports)])
+    lines = [f"{'shard':<{width}}  {'listed':>7}  {'found':>7}  {'corrupt':>7}  {'sha256':<10}  status"]
+    for r in reports:
+        status = "ok" if r.ok else "BAD" + (f": {r.problem}" if r.problem else "")
+        lines.append(f"{r.name:<{width}}  {r.listed:>7}  {r.found:>7}  {r.corrupt:>7}  {r.checksum:<10}  "
+                     f"{status}"[:200])
+    bad = sum(not r.ok for r in reports)
+    lines.append(f"{len(reports)} shards, {sum(r.found for r in reports)} of {sum(r.listed for r in reports)} "
+                 f"listed samples found, {sum(r.corrupt for r in reports)} corrupt, {bad} shard(s) bad")
+    return "\n".join(lines)
