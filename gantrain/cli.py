@@ -267,7 +267,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         cfg = config_mod.EvalConfig(metrics=metrics, num_samples=args.num_samples, num_real=args.num_real,
                                     extractor=args.extractor, extractor_path=args.extractor_path,
-                                    batch=args.batch, seed=args.seed, cache_dir=args.cache_dir, k=args.k)
+                                    batch=args.batch, seed=args.seed, cache_dir=args.cache_dir, k=args.k,
+                                    kid_subset_size=args.kid_subset_size)
         cfg.validate()
     except config_mod.ConfigError as exc:  # name the command-line flag, not the config key
         flag = "--" + exc.key.removeprefix("eval.").split("[")[0].replace("_", "-")
@@ -289,11 +290,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
     report = {"checkpoint": args.checkpoint, "data": args.data, "extractor": extractor.ident,
+              "feature_space": figures.space, "caveats": figures.caveats,
               "world_size": int(os.environ.get("WORLD_SIZE", 1)), **figures}
-    width = max(len(k) for k in figures)
-    print(f"{'metric':<{width}}  value")
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    for caveat in figures.caveats:
+        print(f"gantrain: warning: {caveat}", file=sys.stderr)
+    rows = [(key, f"{value:.6g}" if isinstance(value, float) else str(value)) for key, value in figures.items()]
+    if "kid" in figures and "kid_std" not in figures:
+        rows.insert([k for k, _ in rows].index("kid") + 1, ("kid_std", "n/a"))
+    width, value_width = max(len(k) for k, _ in rows), max(len("value"), *(len(v) for _, v in rows))
+    print(f"{'metric':<{width}}  {'value':<{value_width}}  feature space")
+    for key, value in rows:
+        measured = key not in ("seconds", "num_real", "num_fake") and value != "n/a"
+        print(f"{key:<{width}}  {value:<{value_width}}  {figures.space if measured else ''}".rstrip())
+    if figures.note:
+        print(f"({figures.note})")
     if args.json:
         from gantrain.atomic import atomic_write
 
@@ -558,6 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=3, help="neighbours of the k-NN manifolds (pr, dc)")
+    p.add_argument("--kid-subset-size", type=int, default=1000, help="samples per KID subset (the spread over "
+                   "subsets is kid_std; not reported when a subset holds every sample)")
     p.add_argument("--cache-dir", help="reference features cache (default $GANTRAIN_CACHE or ~/.cache/gantrain)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the figures to this JSON file")

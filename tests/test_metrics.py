@@ -278,7 +278,7 @@ def trained(digits16, tmp_path_factory):
 def _eval_args(ckpt, digits16, classifier, cache, out, *extra):
     return ["eval", str(ckpt), "--data", str(digits16), "--metrics", "fid,kid,is,pr,dc", "--num-samples", "200",
             "--num-real", "300", "--batch", "32", "--extractor", "classifier", "--extractor-path", str(classifier),
-            "--cache-dir", str(cache), "--json", str(out), *extra]
+            "--kid-subset-size", "100", "--cache-dir", str(cache), "--json", str(out), *extra]
 
 
 @pytest.mark.distributed
@@ -300,6 +300,37 @@ def test_two_rank_evaluation_equals_one_process(trained, digits16, classifier, t
     ref1, ref2 = (next((tmp_path / c / "reference").glob("*.safetensors")) for c in ("c1", "c2"))
     with safe_open(str(ref1), "pt") as a, safe_open(str(ref2), "pt") as b:
         assert torch.equal(a.get_tensor("features"), b.get_tensor("features"))
+
+
+def test_eval_warns_about_small_counts_states_the_rule_and_names_the_feature_space(trained, digits16, classifier,
+                                                                                   tmp_path, capsys):
+    """50 samples: FID, KID and the k-NN metrics are below their stable counts and each says its rule; one
+    KID subset holds every fake, so kid_std is "n/a" rather than a 0 that looks like certainty; every figure
+    carries the feature space it was measured in."""
+    args = ["eval", str(trained), "--data", str(digits16), "--metrics", "fid,kid,is,pr", "--num-samples", "50",
+            "--num-real", "300", "--extractor", "classifier", "--extractor-path", str(classifier),
+            "--cache-dir", str(tmp_path), "--json", str(tmp_path / "r.json")]
+    assert cli_main(args) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("gantrain: warning: ")]
+    topics = [line.removeprefix("gantrain: warning: ").split(":")[0] for line in warnings]
+    assert topics == ["fid", "kid", "kid_std", "is", "pr/dc"]
+    assert all("rule: " in line for line in warnings)
+    dim = 16 * 2 * 2  # the classifier's width doubled per halving, 16 -> 4 px
+    assert f"{2 * dim}" in warnings[0] and "one subset of 50 covers all 50 fake" in warnings[2]
+    rows = {line.split()[0]: line for line in captured.out.splitlines()[1:] if line.strip() and "wrote" not in line}
+    assert rows["kid_std"].split()[1] == "n/a"
+    for key in ("fid", "kid", "is", "precision", "recall"):
+        assert f"domain classifier, {dim}-d, classifier-" in rows[key]
+    assert "never with published (Inception) FIDs" in captured.out.splitlines()[-2]  # once, under the table
+    assert "classifier-" not in rows["seconds"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "kid_std" not in report and report["caveats"] == [w.removeprefix("gantrain: warning: ") for w in warnings]
+    assert report["feature_space"].startswith(f"domain classifier, {dim}-d")
+    # enough samples for KID's subsets to differ: kid_std is a figure again, and its caveat is gone
+    assert cli_main([*args[:7], "200", *args[8:], "--kid-subset-size", "100"]) == 0
+    captured = capsys.readouterr()
+    assert "kid_std:" not in captured.err and float(json.loads((tmp_path / "r.json").read_text())["kid_std"]) > 0
 
 
 def test_eval_cli_errors_are_one_line(trained, digits16, classifier, tmp_path, capsys):
@@ -337,6 +368,11 @@ def test_metrics_during_training_log_and_keep_the_best_checkpoint(digits16, clas
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["nimg"] for r in rows] == [32, 64, 80]  # every 32 images and at the end
     assert all(r["Timing/eval_sec"] > 0 and r["num_fake"] == 64 for r in rows)
+    log_txt = (run_dir / "log.txt").read_text()
+    # the feature space and the small-count caveats, once per run (the counts do not change between evals)
+    assert log_txt.count("eval: figures measured in domain classifier, 64-d") == 1
+    assert log_txt.count("eval: fid: 64 samples in a 64-d feature space") == 1
+    assert log_txt.count("eval: pr/dc: k-NN radii") == 1
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     fids = [e.value for e in acc.Scalars("Metrics/fid")]

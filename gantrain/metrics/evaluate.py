@@ -127,8 +127,17 @@ def fake_features(G: Generator, extractor: Extractor, cfg: EvalConfig, resolutio
     return features, gather_rows(torch.cat([lg for _, lg in parts]) if parts else torch.zeros(0, 0))
 
 
+class Figures(dict):
+    """Metric name -> value, plus the feature space they were measured in and the caveats about their
+    sample counts (scores.caveats)."""
+
+    space: str = ""
+    note: str = ""
+    caveats: list[str] = []
+
+
 def evaluate(G: Generator, extractor: Extractor, manifest: Manifest, cfg: EvalConfig,
-             device: torch.device | str = "cpu", metrics: list[str] | None = None) -> dict[str, float]:
+             device: torch.device | str = "cpu", metrics: list[str] | None = None) -> Figures:
     """Every figure of METRICS (default cfg.metrics) for G against the shard set, plus eval seconds.
     Collective when a process group is up: every rank must call it; every rank gets the figures."""
     start = time.perf_counter()
@@ -139,8 +148,13 @@ def evaluate(G: Generator, extractor: Extractor, manifest: Manifest, cfg: EvalCo
         fake, fake_logits = fake_features(G, extractor, cfg, manifest.resolution, device)
     finally:
         G.train(was_training)
-    figures = scores.compute(metrics or cfg.metrics, real, fake, fake_logits, kid_subsets=cfg.kid_subsets,
-                             kid_subset_size=cfg.kid_subset_size, k=cfg.k, seed=cfg.seed)
+    names = metrics or cfg.metrics
+    figures = Figures(scores.compute(names, real, fake, fake_logits, kid_subsets=cfg.kid_subsets,
+                                     kid_subset_size=cfg.kid_subset_size, k=cfg.k, seed=cfg.seed))
+    figures.space, figures.note = extractor.space(real.shape[1]), extractor.note
+    figures.caveats = scores.caveats(names, len(real), len(fake), real.shape[1],
+                                     None if fake_logits is None else fake_logits.shape[1],
+                                     kid_subset_size=cfg.kid_subset_size, k=cfg.k)
     figures["seconds"] = time.perf_counter() - start
     figures["num_real"], figures["num_fake"] = len(real), len(fake)
     return figures

@@ -55,6 +55,12 @@ class Extractor:
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
+    def space(self, dim: int) -> str:
+        """The feature space figures are measured in, as a reader needs it next to a figure."""
+        raise NotImplementedError
+
+    note = ""  # what a reader must know to compare figures from this space with others
+
 
 def nv_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
     """The resize of NVlabs' and TensorFlow's Inception graph (bilinear, half-pixel shift, border clamp)."""
@@ -95,6 +101,10 @@ class InceptionExtractor(Extractor):
         self.device = torch.device(device)
         self.ident = f"inception-{sha256_file(path)[:16]}"
         self.path = path
+
+    def space(self, dim: int) -> str:
+        what = "Inception-v3 pool3 (NVlabs detector)" if self.nvlabs else "Inception (TorchScript file)"
+        return f"{what}, {dim}-d, {self.ident}"
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -170,6 +180,12 @@ class ClassifierExtractor(Extractor):
         self.net = self.net.eval().requires_grad_(False).to(self.device)
         self.ident = f"classifier-{sha256_file(path)[:16]}"
         self.path = path
+
+    note = ("domain-classifier figures compare only with figures from the same classifier file, never with "
+            "published (Inception) FIDs")
+
+    def space(self, dim: int) -> str:
+        return f"domain classifier, {dim}-d, {self.ident}"
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

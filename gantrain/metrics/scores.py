@@ -84,6 +84,51 @@ def manifold_metrics(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict
     }
 
 
+# The sample counts below which a figure is not stable enough to compare, and why (printed with the warning).
+KID_STABLE_SUBSET = 1000  # Binkowski et al. and the reference implementations draw subsets of 1,000
+MANIFOLD_STABLE = 1000  # k-NN radii (k = 3) from fewer samples per set shift precision/recall/density/coverage
+IS_SPLITS = 10
+
+
+def kid_subset(num_real: int, num_fake: int, subset_size: int) -> int:
+    return min(subset_size, num_real, num_fake)
+
+
+def kid_std_meaningful(num_real: int, num_fake: int, subset_size: int) -> bool:
+    """False when one subset holds every sample of a set: the subsets then differ on one side only (or not
+    at all), so their spread says nothing about the uncertainty of KID."""
+    return kid_subset(num_real, num_fake, subset_size) < min(num_real, num_fake)
+
+
+def caveats(names: list[str], num_real: int, num_fake: int, feature_dim: int, num_logits: int | None, *,
+            kid_subset_size: int = 1000, k: int = 3) -> list[str]:
+    """One line per metric of NAMES whose sample counts are below what it needs to be stable, with the rule."""
+    out = []
+    fewest = min(num_real, num_fake)
+    if "fid" in names and fewest < 2 * feature_dim:
+        out.append(f"fid: {fewest} samples in a {feature_dim}-d feature space is too few for a stable figure "
+                   f"(rule: real and fake counts >= 2 x feature dim = {2 * feature_dim}; FID is biased upward "
+                   "at small counts, published FIDs use 50,000 fakes: compare figures at equal counts only)")
+    if "kid" in names:
+        size = kid_subset(num_real, num_fake, kid_subset_size)
+        meaningful = kid_std_meaningful(num_real, num_fake, kid_subset_size)
+        if size < KID_STABLE_SUBSET:
+            out.append(f"kid: subsets of {size} samples (rule: >= {KID_STABLE_SUBSET} real and fake, the "
+                       "reference's subset size)" + ("; kid_std is the figure's uncertainty" if meaningful else ""))
+        if not meaningful:
+            out.append(f"kid_std: not meaningful, one subset of {size} covers all {fewest} "
+                       f"{'fake' if num_fake <= num_real else 'real'} samples (rule: eval.kid_subset_size < "
+                       "real and fake counts); not reported")
+    if "is" in names and num_logits and num_fake // IS_SPLITS < 10 * num_logits:
+        out.append(f"is: {num_fake // IS_SPLITS} fakes per split over {num_logits} classes (rule: >= 10 per class "
+                   f"in each of the {IS_SPLITS} splits, {IS_SPLITS * 10 * num_logits} fakes; the convention is "
+                   "50,000)")
+    if ("pr" in names or "dc" in names) and fewest < MANIFOLD_STABLE:
+        out.append(f"pr/dc: k-NN radii (k={k}) from {fewest} samples per set (rule: >= {MANIFOLD_STABLE} real "
+                   "and fake; precision, recall, density and coverage shift with the count)")
+    return out
+
+
 def compute(names: list[str], real: torch.Tensor, fake: torch.Tensor, fake_logits: torch.Tensor | None, *,
             kid_subsets: int = 100, kid_subset_size: int = 1000, k: int = 3, seed: int = 0) -> dict[str, float]:
     """The figures of every metric in NAMES (keys of METRICS) from real and fake feature sets."""
@@ -93,7 +138,9 @@ def compute(names: list[str], real: torch.Tensor, fake: torch.Tensor, fake_logit
         if name == "fid":
             out["fid"] = fid(real, fake)
         elif name == "kid":
-            out["kid"], out["kid_std"] = kid(real, fake, kid_subsets, kid_subset_size, seed)
+            out["kid"], std = kid(real, fake, kid_subsets, kid_subset_size, seed)
+            if kid_std_meaningful(len(real), len(fake), kid_subset_size):
+                out["kid_std"] = std
         elif name == "is":
             if fake_logits is None:
                 raise ValueError("the Inception Score needs class logits; this feature extractor has none")

@@ -250,6 +250,7 @@ class Trainer:
         self.extractor = load_extractor(cfg.eval.extractor, cfg.eval.extractor_path, self.device) \
             if cfg.eval.metrics else None
         self.best: dict[str, Any] | None = state.get("eval", {}).get("best") if state else None
+        self._eval_explained = False  # the feature space and count caveats are logged at the first evaluation
 
     # ---- stages -----------------------------------------------------------------------------------
     def _enter(self, stage: Stage, data_state: dict[str, Any] | None = None) -> None:
@@ -573,6 +574,11 @@ class Trainer:
         """Collective: metrics of G_ema (every rank embeds its share); rank 0 logs them and, on a new best
         of eval.best, writes checkpoint-best.pt and its G_ema export."""
         figures = evaluate(self.G_ema, self.extractor, self.manifest, self.cfg.eval, self.device)
+        if self.engine.is_main and not self._eval_explained:  # once per run: counts and space stay the same
+            log.info("eval: figures measured in %s%s", figures.space, f" ({figures.note})" if figures.note else "")
+            for caveat in figures.caveats:
+                log.warning("eval: %s", caveat)
+            self._eval_explained = True
         monitor.metrics(self.nimg, figures)
         name = self.cfg.eval.best_figure
         value = figures[name]
