@@ -677,6 +677,32 @@ def in_use(cfg: Config, hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     return tree
 
 
+# Config keys that name files or directories: what a process started elsewhere (a Ray worker, a Ray job)
+# must receive as absolute paths, since it does not share the command's working directory.
+PATH_KEYS = ("data.path", "eval.extractor_path", "eval.cache_dir", "ray.storage_path")
+
+
+def relative_paths(cfg: Config) -> dict[str, str]:
+    """Dotted key -> value for every set PATH_KEYS value that is a relative local path (not a URL)."""
+    out = {}
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and "://" not in value and not value.startswith("pipe:") and not Path(value).is_absolute():
+            out[key] = value
+    return out
+
+
+def absolute_paths(cfg: Config, base: str | Path) -> Config:
+    """CFG with every relative path of PATH_KEYS resolved against BASE (the directory it was meant from)."""
+    sections = {}
+    for key, value in relative_paths(cfg).items():
+        section, name = key.split(".")
+        current = sections.get(section, getattr(cfg, section))
+        sections[section] = dataclasses.replace(current, **{name: str((Path(base) / value).resolve())})
+    return cfg.replace(**sections) if sections else cfg
+
+
 def dump(cfg: Config) -> str:
     """YAML of the config, credentials in URLs masked."""
     return yaml.safe_dump(redacted(cfg), sort_keys=False)

@@ -9,6 +9,8 @@ read by Ray's client and never printed or written by gantrain.
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import shlex
 import sys
 import time
@@ -37,8 +39,12 @@ def _explain(address: str, what: str, exc: BaseException) -> JobsError:
     reason = _first_line(exc)
     lowered = reason.lower()
     if "auth" in lowered or "token" in lowered or "401" in reason or "403" in reason:
+        mode = os.environ.get("RAY_AUTH_MODE")
+        missing = "" if mode == "token" else \
+            f" (RAY_AUTH_MODE is {'unset' if mode is None else repr(mode)} here: without it no token is sent)"
         return JobsError(f"--address {address}: the cluster refused the request ({reason}); it uses token "
-                         "authentication: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to its token")
+                         "authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (the token) or "
+                         f"RAY_AUTH_TOKEN_PATH (a file holding it){missing}")
     if "does not exist" in lowered or "404" in reason:
         return JobsError(f"{what}: no such job on {address}")
     if isinstance(exc, ConnectionError) or "connect" in lowered:
@@ -94,21 +100,63 @@ def entrypoint(config: str, overrides: list[str], *, run_dir: str | None, worker
     return shlex.join(args)
 
 
+def uploaded(path: Path, working_dir: Path, excludes: list[str]) -> bool:
+    """Whether PATH (absolute) travels with the job: inside WORKING_DIR and not matched by EXCLUDES
+    (gitignore-style as Ray reads them: "dir/" excludes a directory anywhere, other patterns match names)."""
+    if not path.is_relative_to(working_dir):
+        return False
+    parts = path.relative_to(working_dir).parts
+    for pattern in excludes:
+        if pattern.endswith("/"):
+            if any(fnmatch.fnmatch(part, pattern.rstrip("/")) for part in parts[:-1] if part) or \
+                    (path.is_dir() and parts and fnmatch.fnmatch(parts[-1], pattern.rstrip("/"))):
+                return False
+        elif any(fnmatch.fnmatch(part, pattern) for part in parts) or fnmatch.fnmatch("/".join(parts), pattern):
+            return False
+    return True
+
+
+def job_paths(cfg: config_mod.Config, run_dir: str, working_dir: Path | None,
+              excludes: list[str]) -> tuple[list[str], str, list[str]]:
+    """Overrides that make the config's relative paths (meant from this directory) right for the job, which
+    runs in the uploaded copy of WORKING_DIR: a path that travels with the upload becomes relative to it; one
+    that does not (excluded, outside it, or no upload) becomes absolute and must exist on the cluster's nodes
+    (a local cluster, a shared filesystem). The run dir is always absolute: the job's copy of the working
+    directory is temporary. Returns (overrides, run dir, notes)."""
+    overrides, notes = [], []
+    for key, value in config_mod.relative_paths(cfg).items():
+        target = (Path.cwd() / value).resolve()
+        if working_dir is not None and uploaded(target, working_dir, excludes):
+            overrides.append(f"{key}={target.relative_to(working_dir)}")
+        else:
+            overrides.append(f"{key}={target}")
+            notes.append(f"{key}: {value} is not uploaded with the job; it reads {target}, which must exist on "
+                         "the cluster's nodes")
+    return overrides, str(Path(run_dir).resolve()), notes
+
+
 def submit(config: str, overrides: list[str], address: str, *, runtime_env_file: str | None = None,
            requirements: str | None = None, run_dir: str | None = None, workers: int = 0,
            gpus_per_worker: float = 0, cpus_per_worker: float = 1, resume: str | None = None,
            job_id: str | None = None) -> tuple[Any, str]:
-    """Validate CONFIG locally, submit it; returns (client, job id)."""
-    config_mod.load(config, overrides)  # a bad config is a one-line ConfigError here, before submitting
+    """Validate CONFIG locally, submit it; returns (client, job id). Relative paths in the config and the
+    run dir mean what they mean in this directory (see job_paths); notes about them go to stderr."""
+    cfg = config_mod.load(config, overrides)  # a bad config is a one-line ConfigError here, before submitting
     env = build_runtime_env(runtime_env_file, requirements)
-    working_dir = Path(env.get("working_dir", ".")).resolve()
+    working_dir = Path(env["working_dir"]).resolve() if "working_dir" in env else None
     config_path = Path(config).resolve()
-    if "working_dir" in env:
+    if working_dir is not None:
         if not config_path.is_relative_to(working_dir):
             raise JobsError(f"{config}: not inside the uploaded working_dir {working_dir}; the job could not read it")
         config = str(config_path.relative_to(working_dir))
-    command = entrypoint(config, overrides, run_dir=run_dir, workers=workers, gpus_per_worker=gpus_per_worker,
-                         cpus_per_worker=cpus_per_worker, resume=resume)
+    paths, run_dir, notes = job_paths(cfg, run_dir or str(Path("runs") / config_path.stem), working_dir,
+                                      list(env.get("excludes", [])))
+    for note in notes:
+        print(f"gantrain: note: {note}", file=sys.stderr)
+    if resume and resume != "auto":
+        resume = str(Path(resume).resolve())
+    command = entrypoint(config, [*overrides, *paths], run_dir=run_dir, workers=workers,
+                         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, resume=resume)
     jobs = client(address)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:

@@ -143,6 +143,22 @@ def _check_engine(cfg: Config, workers: int) -> None:
         raise ConfigError("engine.name", f"--ray --workers {workers} needs a distributed engine (ddp or deepspeed)")
 
 
+CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def _not_state_api_noise(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Failed to query Ray Train Controller actor state")
+
+
+def quiet_without_state_api() -> None:
+    """worker_process_setup_hook of the local instance init_ray starts. That instance has no dashboard, so
+    no State API; Ray Train's PlacementGroupCleaner asks the State API whether the controller is alive
+    every second and logs a warning for each failed query (about 50 in a short run, forwarded to the
+    console). Only that message is dropped. What it guards (removing the placement group if the controller
+    dies uncleanly) does not arise here: the instance goes away with the driver."""
+    logging.getLogger(CLEANER_LOGGER).addFilter(_not_state_api_noise)
+
+
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Connect to ADDRESS, or start a local single-node Ray instance without dashboard or Jobs API.
 
@@ -156,7 +172,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"worker_process_setup_hook": "gantrain.ray_train.quiet_without_state_api"})
 
 
 def train_on_ray(cfg: Config, run_dir: Path, *, workers: int, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
@@ -166,10 +183,12 @@ def train_on_ray(cfg: Config, run_dir: Path, *, workers: int, cpus_per_worker: f
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # Ray workers run in directories of their own: every relative path means what it means here.
+    cfg = config_mod.absolute_paths(cfg, Path.cwd())
+    if resume and resume != "auto":
+        resume = str(Path(resume).resolve())
     run_dir = run_dir.resolve()
     storage = cfg.ray.storage_path or str(run_dir / "ray")
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
     name = cfg.ray.name or unique_name(run_dir)
     if cfg.ray.name and "://" not in storage and (Path(storage) / name).exists() and not resume:
         raise ConfigError("ray.name", f"a Ray run '{name}' already exists in {storage}; pass --resume auto to "

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,34 @@ def test_hparams_list_only_what_the_run_reads_in_config_order():
     assert "toy" not in used["data"] and "progressive" in used and "ray" in used and "eval" not in used
     assert list(used["loss"]) == ["name", "drift"] and "zero_stage" in used["engine"]
     assert list(used) == [k for k in config_mod.redacted(image) if k in used]  # config order
+
+
+def test_relative_paths_resolve_against_the_command_directory_for_ray_workers_and_jobs(tmp_path, monkeypatch):
+    from gantrain.ray_jobs import EXCLUDES, job_paths, uploaded
+
+    cfg = config_mod.from_dict({"data": {"path": "data/set"}, "eval": {"metrics": ["fid"], "extractor": "classifier",
+                                "extractor_path": "clf/c.safetensors", "cache_dir": "/abs/cache"},
+                                "ray": {"storage_path": "s3://bucket/ray"}})
+    assert config_mod.relative_paths(cfg) == {"data.path": "data/set", "eval.extractor_path": "clf/c.safetensors"}
+    absolute = config_mod.absolute_paths(cfg, tmp_path)
+    assert absolute.data.path == str(tmp_path / "data" / "set")
+    assert absolute.eval.extractor_path == str(tmp_path / "clf" / "c.safetensors")
+    assert absolute.eval.cache_dir == "/abs/cache" and absolute.ray.storage_path == "s3://bucket/ray"
+    assert cfg.data.path == "data/set"  # the original is untouched
+
+    # a job runs in the uploaded copy of its working_dir: what travels with it stays relative, what does not
+    # (data/ is excluded by default, anything outside) becomes absolute with a note; the run dir is absolute
+    work = tmp_path / "work"
+    (work / "clf").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    overrides, run_dir, notes = job_paths(cfg.replace(eval=dataclasses.replace(cfg.eval, cache_dir="cache/f")),
+                                          "runs/x", work, list(EXCLUDES))
+    assert overrides == [f"data.path={work / 'data' / 'set'}",  # data/ and *.safetensors are not uploaded
+                         f"eval.extractor_path={work / 'clf' / 'c.safetensors'}", "eval.cache_dir=cache/f"]
+    assert run_dir == str(work / "runs" / "x")
+    assert len(notes) == 2 and notes[0].startswith("data.path: data/set is not uploaded with the job; it reads ")
+    overrides, _, notes = job_paths(cfg, "r", None, [])  # no working_dir uploaded: everything absolute
+    assert overrides == [f"data.path={work / 'data' / 'set'}", f"eval.extractor_path={work / 'clf/c.safetensors'}"]
+    assert len(notes) == 2
+    assert not uploaded(work / "x" / "model.pt", work, ["*.pt"]) and uploaded(work / "x" / "m.yaml", work, ["*.pt"])
+    assert not uploaded(tmp_path / "elsewhere", work, []) and not uploaded(work / "a/.venv/b", work, [".venv/"])

@@ -116,6 +116,12 @@ def test_job_errors_are_clear(head, digits16, tmp_path):
     (tmp_path / "other").write_text(secrets.token_hex(32))
     result = _gantrain("jobs", "status", "raysubmit_x", "--address", address, env=wrong, cwd=work)
     assert result.returncode == 2 and "token" in result.stderr.lower(), result.stderr
+    # the right token file without RAY_AUTH_MODE=token: Ray's client sends nothing; the error names both variables
+    no_mode = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+    result = _gantrain("jobs", "status", "raysubmit_x", "--address", address, env=no_mode, cwd=work)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "RAY_AUTH_MODE=token" in result.stderr and "RAY_AUTH_TOKEN_PATH" in result.stderr
+    assert "RAY_AUTH_MODE is unset here" in result.stderr
     # a config that only fails on the cluster (its data is missing there): the job fails, submit --wait exits 1
     result = _gantrain("submit", "job.yaml", f"data.path={tmp_path / 'nowhere'}", "--address", address, "--wait",
                        "--run-dir", str(tmp_path / "bad"), env=env, cwd=work)

@@ -58,7 +58,8 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     dist.all_gather(shapes, shape)
     rows, cols = max(int(s[0]) for s in shapes), max(int(s[1]) for s in shapes)
     padded = torch.zeros((rows, cols), dtype=torch.float32, device=device)
-    padded[:len(x)] = x.to(device)
+    if len(x):  # a rank without a share holds a [0, 0] tensor: nothing to copy
+        padded[:len(x)] = x.to(device)
     parts = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(parts, padded)
     return torch.cat([p[:int(s[0])] for p, s in zip(parts, shapes)]).cpu()
