@@ -44,8 +44,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         result = train_on_ray(cfg, run_dir, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                               gpus_per_worker=args.gpus_per_worker, address=args.address, resume=args.resume)
-        print(f"ray run {result['name']} finished: kimg {result['metrics'].get('kimg', 0):.2f}  run dir: {run_dir}  "
-              f"last checkpoint in Ray storage: {result['checkpoint']}")
+        print(f"ray run {result['name']} {'stopped' if result['interrupted'] else 'finished'}: kimg "
+              f"{result['metrics'].get('kimg', 0):.2f}  run dir: {run_dir}  last checkpoint in Ray storage: "
+              f"{result['checkpoint']}")
+        if result["interrupted"]:
+            print("stopped by signal after checkpointing; continue with --resume auto")
         return 0
     if args.nproc > 1 and "RANK" not in os.environ:
         return launch_local(args, run_dir)

@@ -18,8 +18,10 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,23 @@ def _catch_sigterm(_actor: Any = None) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: _SIGTERM.set())
 
 
+class StopFlag:
+    """A Ray actor (num_cpus=0) the driver sets when it is asked to stop (SIGTERM/SIGINT): the workers see
+    it, checkpoint and end the run as finished, instead of being killed with the driver."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+STOP_POLL_S = 1.0  # how often a worker asks the driver's StopFlag (one small actor call)
+
+
 class RayHost(Host):
     """Reports checkpoints to Ray Train, relays its preemption notices and SIGTERM to the loop.
 
@@ -51,9 +70,10 @@ class RayHost(Host):
 
     sections = ("ray",)
 
-    def __init__(self) -> None:
+    def __init__(self, stop_flag: Any = None) -> None:
         import ray
 
+        self.stop_flag, self.driver_stop, self.polled = stop_flag, False, 0.0
         self.preemption_handled = False
         _SIGTERM.clear()
         try:
@@ -63,7 +83,12 @@ class RayHost(Host):
                         "the last checkpoint", exc)
 
     def stop_requested(self) -> bool:
-        return _SIGTERM.is_set()
+        if self.stop_flag is not None and not self.driver_stop and time.monotonic() - self.polled >= STOP_POLL_S:
+            import ray
+
+            self.polled = time.monotonic()
+            self.driver_stop = bool(ray.get(self.stop_flag.is_set.remote()))
+        return _SIGTERM.is_set() or self.driver_stop
 
     def checkpointed(self, path: Path | None, nimg: int, scalars: dict[str, float]) -> None:
         import ray.train
@@ -121,8 +146,13 @@ def worker_main(config: dict[str, Any]) -> None:
         resume = str(files[-1])
         if ray.train.get_context().get_world_rank() == 0:
             logging.getLogger("gantrain").warning("restarted by Ray: resuming from %s", restored.path)
+    host = RayHost(config.get("stop_flag"))
     try:
-        result = run(cfg, config["run_dir"], resume=resume, host=RayHost())
+        result = run(cfg, config["run_dir"], resume=resume, host=host)
+        # The ranks agreed to stop when any of them saw a request; ask the flag itself, as a rank that stopped
+        # for another rank's reason has not polled it since.
+        if result["interrupted"] and host.stop_flag is not None and ray.get(host.stop_flag.is_set.remote()):
+            return  # the driver was asked to stop: a finished run, not a failure for Ray to restart
         if result["interrupted"]:
             raise StoppedBySignal(f"stopped at kimg {result['nimg'] / 1000:.2f} after checkpointing (SIGTERM to a "
                                   "worker); Ray restarts the group from that checkpoint")
@@ -197,10 +227,13 @@ def train_on_ray(cfg: Config, run_dir: Path, *, workers: int, cpus_per_worker: f
         raise ConfigError("", f"{run_dir} already holds checkpoints; pass --resume auto to continue that run or "
                           "--run-dir for a new one")
     init_ray(address, num_cpus=None if address else max(int(workers * cpus_per_worker), 1))
+    import ray
+
+    stop_flag = ray.remote(num_cpus=0)(StopFlag).remote()
     trainer = TorchTrainer(
         worker_main,
         train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir), "resume": resume,
-                           "gpus_per_worker": gpus_per_worker},
+                           "gpus_per_worker": gpus_per_worker, "stop_flag": stop_flag},
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker > 0 else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker={"CPU": cpus_per_worker,
@@ -209,6 +242,25 @@ def train_on_ray(cfg: Config, run_dir: Path, *, workers: int, cpus_per_worker: f
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.log.keep)),
     )
-    result = trainer.fit()
+    previous: dict[int, Any] = {}
+
+    def stop(signum: int, _frame: Any) -> None:
+        """SIGTERM/SIGINT to the driver (a scheduler, `timeout`, Ctrl-C, `gantrain jobs stop`): the workers
+        checkpoint and stop; a second signal gets the previous handler (Ctrl-C twice aborts)."""
+        print(f"gantrain: {signal.Signals(signum).name}: asking the Ray workers to checkpoint and stop",
+              file=sys.stderr, flush=True)
+        threading.Thread(target=lambda: ray.get(stop_flag.set.remote()), daemon=True).start()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        result = trainer.fit()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    stopped = bool(ray.get(stop_flag.is_set.remote()))
+    ray.kill(stop_flag)
     return {"name": name, "storage": storage, "checkpoint": result.checkpoint.path if result.checkpoint else None,
-            "metrics": result.metrics or {}}
+            "metrics": result.metrics or {}, "interrupted": stopped}

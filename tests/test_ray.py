@@ -196,3 +196,36 @@ def test_the_readme_ray_example_as_written_with_the_quickstarts_relative_paths(l
     saved = config_mod.load(run_dir / "config.yaml")
     assert saved.data.path == str(tmp_path / "data" / "mnist5k-32")
     assert saved.eval.extractor_path == str(tmp_path / "data" / "mnist5k-32-classifier.safetensors")
+
+
+def test_sigterm_to_the_driver_checkpoints_on_every_worker_and_ends_the_run_cleanly(uninterrupted, tmp_path):
+    """What a scheduler, `timeout` or `gantrain jobs stop` does to a `gantrain train --ray` driver: the workers
+    checkpoint and stop, the run ends as finished-but-interrupted (no restart by Ray), and --resume auto
+    continues it to the very weights of the uninterrupted run."""
+    cfg, reference_dir, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    sent = threading.Event()
+
+    def stop_after_first_checkpoint():
+        deadline = time.time() + 240
+        while time.time() < deadline and not list((run_dir / "ray").glob("*/checkpoint-*/checkpoint-*.pt")):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # the driver is this process, fit() runs on its main thread
+        sent.set()
+
+    before = signal.getsignal(signal.SIGTERM)  # Ray's driver handler
+    threading.Thread(target=stop_after_first_checkpoint, daemon=True).start()
+    result = _train(cfg, run_dir)
+    assert sent.is_set() and result["interrupted"]
+    stopped_at = result["metrics"]["nimg"]
+    assert 0 < stopped_at < 320
+    assert signal.getsignal(signal.SIGTERM) is before  # gantrain's stop handler is gone after the run
+    log = (run_dir / "log.txt").read_text()
+    assert "stop requested" in log and "checkpointing and stopping" in log and "resuming from" not in log
+    assert checkpoint.list_checkpoints(run_dir)[-1].name == checkpoint.checkpoint_name(stopped_at)
+
+    result = _train(cfg, run_dir, resume="auto")
+    assert not result["interrupted"] and result["metrics"]["nimg"] == 320
+    reference = _weights(checkpoint.list_checkpoints(reference_dir)[-1])
+    for key, value in _weights(checkpoint.list_checkpoints(run_dir)[-1]).items():
+        assert torch.equal(value, reference[key]), key
