@@ -12,7 +12,7 @@ from conftest import tiny_config
 from gantrain.cli import main as cli_main
 from gantrain.engines.base import Net
 from gantrain.train import checkpoint
-from gantrain.train.guard import DivergedError, StepGuard
+from gantrain.train.guard import DivergedError, StepGuard, finite
 from gantrain.train.loop import run
 
 
@@ -31,6 +31,18 @@ def _all_finite(tree) -> bool:
     if isinstance(tree, (list, tuple)):
         return all(_all_finite(v) for v in tree)
     return True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_finiteness_check_is_exact_even_where_its_fast_sum_overflows(dtype):
+    big = torch.full((1000,), torch.finfo(dtype).max / 2, dtype=dtype)  # finite, but its sum is inf
+    ints = torch.ones(3, dtype=torch.int64)
+    assert finite([big, -big, ints]) and finite([])
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        for template in (big, torch.zeros(5, 7, dtype=dtype)):
+            x = template.clone()
+            x.view(-1)[3] = bad
+            assert not finite([torch.zeros(2, dtype=dtype), x]), (bad, template.abs().max())
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
