@@ -21,25 +21,27 @@ class DOutput(NamedTuple):
 
 
 class MinibatchStdDev(nn.Module):
-    """Appends the average standard deviation across a group of samples as one extra channel (Karras et
+    """Appends the average standard deviation across a group of samples as extra channels (Karras et
     al. 2018): a collapsed batch (all samples alike) shows up as a value near 0. Works on [N, C] and
-    [N, C, H, W]; groups of GROUP samples (fewer if the batch is smaller), which must divide the batch."""
+    [N, C, H, W]; groups of GROUP samples (fewer if the batch is smaller), which must divide the batch.
+    CHANNELS > 1 (StyleGAN2's mbstd_num_channels) splits the features into that many slices, one
+    statistic each."""
 
-    def __init__(self, group: int = 4):
+    def __init__(self, group: int = 4, channels: int = 1):
         super().__init__()
-        self.group = group
+        self.group, self.channels = group, channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
+        n, f = x.shape[0], self.channels
         g = min(self.group, n)
         if n % g:
             raise ValueError(f"minibatch stddev: group size {g} does not divide the batch of {n}")
-        # Groups of consecutive samples (ProGAN's code strides them instead): then a rank's slice of a
-        # global batch holds whole groups, and data-parallel training computes what one process would.
-        y = x.reshape(n // g, g, *x.shape[1:]).float()
-        std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt()  # [n // g, C, ...]
-        stat = std.flatten(1).mean(1).to(x.dtype)  # one number per group
-        stat = stat.repeat_interleave(g).view(n, 1, *([1] * (x.dim() - 2))).expand(n, 1, *x.shape[2:])
+        # Groups of consecutive samples (ProGAN's and StyleGAN2's code stride them instead): then a rank's
+        # slice of a global batch holds whole groups, and data-parallel training computes what one process would.
+        y = x.reshape(n // g, g, f, x.shape[1] // f, *x.shape[2:]).float()
+        std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt()  # [n // g, F, C // F, ...]
+        stat = std.flatten(2).mean(2).to(x.dtype)  # [n // g, F]: one number per group and slice
+        stat = stat.repeat_interleave(g, dim=0).view(n, f, *([1] * (x.dim() - 2))).expand(n, f, *x.shape[2:])
         return torch.cat([x, stat], dim=1)
 
 

@@ -1,0 +1,416 @@
+"""StyleGAN2 (Karras et al. 2020, "Analyzing and Improving the Image Quality of StyleGAN"), network for
+network as the reference implementation (NVlabs stylegan2-ada-pytorch, training/networks.py) builds it:
+the same layers, parameter shapes, initialization, equalized learning rates, channel counts and
+resampling, written in plain PyTorch ops (no custom CUDA extension).
+
+- Mapping: z normalized by its second moment, a class embedding (normalized, concatenated) when
+  conditional, `num_layers` fully connected layers at lr multiplier 0.01, `w_avg` tracked with beta 0.995
+  while training, w broadcast to one copy per synthesis input (`num_ws`), truncation toward `w_avg`.
+- Synthesis: a learned 4x4 constant; per resolution two modulated 3x3 convolutions with weight
+  demodulation (grouped convolution: one kernel serves the batch), the first upsampling by 2 through
+  the [1, 3, 3, 1] FIR filter; per-pixel noise with a learned strength per layer; bias + LeakyReLU(0.2)
+  with gain sqrt(2); a toRGB per resolution summed through upsampling ("skip").
+- Discriminator: residual blocks ("resnet", or "orig") with fromRGB at the top, FIR downsampling, a
+  minibatch-stddev epilogue, two fully connected layers; projection conditioning through an embedded
+  label ("cmap") when conditional.
+
+Mixed precision as the reference does it (`num_fp16_res` top resolutions in half precision) is not
+wired to the engine's precision yet: every layer computes in its input's dtype, and `conv_clamp`
+clamps activations as the reference does whenever it is set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gantrain.models.base import DataSpec, Discriminator, Generator
+from gantrain.models.layers import DOutput, MinibatchStdDev
+
+LRELU_GAIN = math.sqrt(2)
+FIR = (1, 3, 3, 1)
+
+
+# ---- resampling (upfirdn2d in plain PyTorch) ------------------------------------------------------------
+def fir_filter(taps=FIR) -> torch.Tensor:
+    """The separable low-pass filter as a normalized 2-D kernel (outer product, sum 1)."""
+    f = torch.as_tensor(taps, dtype=torch.float32)
+    f = f[:, None] * f[None, :]
+    return f / f.sum()
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=(0, 0, 0, 0),
+              gain: float = 1) -> torch.Tensor:
+    """Upsample by zero insertion, pad (x0, x1, y0, y1; negative crops), convolve every channel with the
+    2-D filter F (flipped: a true convolution, as the reference does by default), keep every DOWN-th pixel."""
+    n, c, h, w = x.shape
+    if up > 1:
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(n, c, h * up, w * up)
+    x0, x1, y0, y1 = padding
+    x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
+    x = x[:, :, max(-y0, 0):x.shape[2] - max(-y1, 0), max(-x0, 0):x.shape[3] - max(-x1, 0)]
+    kernel = (f * (gain ** (f.ndim / 2))).to(x.dtype).flip([0, 1])
+    x = F.conv2d(x, kernel[None, None].repeat(c, 1, 1, 1), groups=c)
+    return x[:, :, ::down, ::down] if down > 1 else x
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
+    fw = f.shape[-1]
+    p0, p1 = (fw + up - 1) // 2, (fw - up) // 2
+    return upfirdn2d(x, f, up=up, padding=(p0, p1, p0, p1), gain=up * up)
+
+
+def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2) -> torch.Tensor:
+    fw = f.shape[-1]
+    p0, p1 = (fw - down + 1) // 2, (fw - down) // 2
+    return upfirdn2d(x, f, down=down, padding=(p0, p1, p0, p1))
+
+
+def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1,
+                    padding: int = 0, groups: int = 1) -> torch.Tensor:
+    """A convolution with the FIR filter's up- or downsampling around it, in the reference's order: a
+    strided transposed convolution then the filter (up), the filter then a strided convolution (down)."""
+    out_channels, in_per_group, kh, kw = w.shape
+    fw = 1 if f is None else f.shape[-1]
+    p0 = p1 = padding
+    if up > 1:
+        p0 += (fw + up - 1) // 2
+        p1 += (fw - up) // 2
+    if down > 1:
+        p0 += (fw - down + 1) // 2
+        p1 += (fw - down) // 2
+    if kw == 1 and down > 1 and up == 1:
+        x = upfirdn2d(x, f, down=down, padding=(p0, p1, p0, p1))
+        return F.conv2d(x, w, groups=groups)
+    if down > 1 and up == 1:
+        x = upfirdn2d(x, f, padding=(p0, p1, p0, p1))
+        return F.conv2d(x, w, stride=down, groups=groups)
+    if up > 1:
+        # [G*O, I, k, k] -> [G*I, O, k, k]: the transposed convolution's weight layout, per group
+        wt = w.reshape(groups, out_channels // groups, in_per_group, kh, kw).transpose(1, 2)
+        wt = wt.reshape(groups * in_per_group, out_channels // groups, kh, kw)
+        p0 -= kw - 1
+        p1 -= kw - up
+        pt = max(min(-p0, -p1), 0)
+        x = F.conv_transpose2d(x, wt, stride=up, padding=pt, groups=groups)
+        return upfirdn2d(x, f, padding=(p0 + pt, p1 + pt, p0 + pt, p1 + pt), gain=up * up)
+    return F.conv2d(x, w, padding=padding, groups=groups)
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float = 1,
+             clamp: float | None = None) -> torch.Tensor:
+    if b is not None:
+        x = x + b.reshape(1, -1, *([1] * (x.dim() - 2))).to(x.dtype)
+    if act == "lrelu":
+        x = F.leaky_relu(x, 0.2)
+    if gain != 1:
+        x = x * gain
+    return x.clamp(-clamp, clamp) if clamp is not None else x
+
+
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+# ---- layers ------------------------------------------------------------------------------------------
+class FullyConnected(nn.Module):
+    """Equalized learning rate: weights drawn N(0, 1) / lr_multiplier, scaled by lr_multiplier / sqrt(in)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
+                 lr_multiplier: float = 1, bias_init: float = 0):
+        super().__init__()
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = None if self.bias is None else self.bias.to(x.dtype) * self.bias_gain
+        if self.activation == "linear" and b is not None:
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        return bias_act(x.matmul(w.t()), b, self.activation, gain=LRELU_GAIN if self.activation == "lrelu" else 1)
+
+
+class Conv2dLayer(nn.Module):
+    """An equalized-lr convolution with optional FIR up/downsampling, bias and activation (D's layers)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
+                 activation: str = "linear", up: int = 1, down: int = 1, conv_clamp: float | None = None):
+        super().__init__()
+        self.activation, self.up, self.down, self.conv_clamp = activation, up, down, conv_clamp
+        self.register_buffer("resample_filter", fir_filter())
+        self.padding = kernel_size // 2
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.act_gain = LRELU_GAIN if activation == "lrelu" else 1
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def forward(self, x: torch.Tensor, gain: float = 1) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        x = conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down, padding=self.padding)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, self.activation, gain=self.act_gain * gain, clamp=clamp)
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, f: torch.Tensor | None = None,
+                     up: int = 1, padding: int = 0, demodulate: bool = True) -> torch.Tensor:
+    """Scale the kernel's input channels by each sample's style, normalize every output channel to unit L2
+    norm (demodulation), and run all samples as one grouped convolution."""
+    n = x.shape[0]
+    out_channels, in_channels, kh, kw = weight.shape
+    if x.dtype == torch.float16 and demodulate:  # the reference's guard against fp16 overflow
+        peak = weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
+        weight = weight * (1 / math.sqrt(in_channels * kh * kw) / peak)
+        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)  # [N, O, I, k, k]
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(n, -1, 1, 1, 1)
+    x = x.reshape(1, -1, *x.shape[2:])
+    x = conv2d_resample(x, w.reshape(-1, in_channels, kh, kw).to(x.dtype), f, up=up, padding=padding, groups=n)
+    return x.reshape(n, -1, *x.shape[2:])
+
+
+class SynthesisLayer(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
+                 up: int = 1, use_noise: bool = True, conv_clamp: float | None = None):
+        super().__init__()
+        self.resolution, self.up, self.use_noise, self.conv_clamp = resolution, up, use_noise, conv_clamp
+        self.padding = kernel_size // 2
+        self.register_buffer("resample_filter", fir_filter())
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn(resolution, resolution))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", gain: float = 1) -> torch.Tensor:
+        styles = self.affine(w)
+        x = modulated_conv2d(x, self.weight, styles, self.resample_filter, up=self.up, padding=self.padding)
+        if self.use_noise and noise_mode != "none":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype) \
+                if noise_mode == "random" else self.noise_const.to(x.dtype)
+            x = x + noise * self.noise_strength.to(x.dtype)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, "lrelu", gain=LRELU_GAIN * gain, clamp=clamp)
+
+
+class ToRGB(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, conv_clamp: float | None = None):
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        return bias_act(x, self.bias, clamp=self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
+                 is_last: bool, architecture: str = "skip", conv_clamp: float | None = None):
+        super().__init__()
+        self.in_channels, self.resolution, self.is_last, self.architecture = in_channels, resolution, is_last, \
+            architecture
+        self.register_buffer("resample_filter", fir_filter())
+        self.num_conv = self.num_torgb = 0
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, conv_clamp=conv_clamp)
+            self.num_conv += 1
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
+        self.num_conv += 1
+        if is_last or architecture == "skip":
+            self.torgb = ToRGB(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
+            self.num_torgb += 1
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
+                noise_mode: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
+        w = iter(ws.unbind(dim=1))
+        if self.in_channels == 0:
+            x = self.const.to(ws.dtype).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+        else:
+            x = self.conv0(x, next(w), noise_mode)
+        x = self.conv1(x, next(w), noise_mode)
+        if img is not None:
+            img = upsample2d(img, self.resample_filter)
+        if self.is_last or self.architecture == "skip":
+            y = self.torgb(x, next(w))
+            img = y if img is None else img + y
+        return x, img
+
+
+def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
+    """The reference's feature-map count per resolution."""
+    return min(channel_base // resolution, channel_max)
+
+
+class SynthesisNetwork(nn.Module):
+    def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
+                 channel_max: int = 512, conv_clamp: float | None = None):
+        super().__init__()
+        self.w_dim, self.img_resolution = w_dim, img_resolution
+        self.block_resolutions = [2 ** i for i in range(2, int(np.log2(img_resolution)) + 1)]
+        self.num_ws = 0
+        self.blocks = nn.ModuleDict()
+        for res in self.block_resolutions:
+            in_channels = channels_at(res // 2, channel_base, channel_max) if res > 4 else 0
+            block = SynthesisBlock(in_channels, channels_at(res, channel_base, channel_max), w_dim, res,
+                                   img_channels, is_last=res == img_resolution, conv_clamp=conv_clamp)
+            self.blocks[str(res)] = block
+            self.num_ws += block.num_conv + (block.num_torgb if res == img_resolution else 0)
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        if ws.dim() == 2:  # one w for every layer
+            ws = ws.unsqueeze(1).expand(-1, self.num_ws, -1)
+        x = img = None
+        index = 0
+        for block in self.blocks.values():
+            x, img = block(x, img, ws.narrow(1, index, block.num_conv + block.num_torgb), noise_mode)
+            index += block.num_conv
+        return img
+
+
+class MappingNetwork(nn.Module):
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int | None, num_layers: int = 8,
+                 lr_multiplier: float = 0.01, w_avg_beta: float | None = 0.995):
+        super().__init__()
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.w_avg_beta = z_dim, c_dim, w_dim, num_ws, w_avg_beta
+        embed_features = w_dim if c_dim else 0
+        features = [z_dim + embed_features] + [w_dim] * num_layers
+        if c_dim:
+            self.embed = FullyConnected(c_dim, embed_features)
+        self.layers = nn.ModuleList(FullyConnected(features[i], features[i + 1], activation="lrelu",
+                                                   lr_multiplier=lr_multiplier) for i in range(num_layers))
+        if num_ws is not None and w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(self, z: torch.Tensor | None, c: torch.Tensor | None = None, psi: float = 1,
+                cutoff: int | None = None, update_w_avg: bool = True) -> torch.Tensor:
+        parts = []
+        if self.z_dim:
+            parts.append(normalize_2nd_moment(z.float()))
+        if self.c_dim:
+            onehot = F.one_hot(c.long(), self.c_dim).float() if c.dim() == 1 else c.float()
+            parts.append(normalize_2nd_moment(self.embed(onehot)))
+        x = torch.cat(parts, dim=1)
+        for layer in self.layers:
+            x = layer(x)
+        if self.num_ws is None:
+            return x
+        if self.w_avg_beta is not None and self.training and update_w_avg:
+            with torch.no_grad():
+                self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if psi != 1:
+            end = self.num_ws if cutoff is None else cutoff
+            x[:, :end] = self.w_avg.lerp(x[:, :end], psi)
+        return x
+
+
+class StyleGAN2Generator(Generator):
+    """mapping(z, c) -> ws [N, num_ws, w_dim]; synthesis(ws) -> images; forward does both, with style mixing
+    (a second latent from a random layer on, with probability `style_mixing`) while training."""
+
+    def __init__(self, spec: DataSpec, z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8,
+                 channel_base: int = 32768, channel_max: int = 512, conv_clamp: float | None = None,
+                 style_mixing: float = 0.9, noise_mode: str = "random"):
+        super().__init__()
+        self.z_dim, self.num_classes, self.w_dim = z_dim, spec.num_classes, w_dim
+        self.style_mixing, self.noise_mode = style_mixing, noise_mode
+        self.synthesis_net = SynthesisNetwork(w_dim, spec.resolution, spec.channels, channel_base, channel_max,
+                                              conv_clamp)
+        self.num_ws = self.synthesis_net.num_ws
+        self.mapping_net = MappingNetwork(z_dim, spec.num_classes, w_dim, self.num_ws, mapping_layers)
+
+    @property
+    def w_avg(self) -> torch.Tensor:
+        return self.mapping_net.w_avg
+
+    def mapping(self, z: torch.Tensor, c: torch.Tensor | None = None, psi: float = 1, cutoff: int | None = None,
+                update_w_avg: bool = True) -> torch.Tensor:
+        return self.mapping_net(z, c, psi, cutoff, update_w_avg)
+
+    def synthesis(self, ws: torch.Tensor, noise_mode: str | None = None) -> torch.Tensor:
+        return self.synthesis_net(ws, noise_mode or self.noise_mode)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        ws = self.mapping(z, c)
+        if self.training and self.style_mixing > 0 and self.num_ws > 1:
+            cutoff = int(torch.randint(1, self.num_ws, ()))
+            if float(torch.rand(())) < self.style_mixing:
+                ws = torch.cat([ws[:, :cutoff], self.mapping(torch.randn_like(z), c, update_w_avg=False)[:, cutoff:]],
+                               dim=1)
+        return self.synthesis(ws)
+
+
+class DiscriminatorBlock(nn.Module):
+    def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, img_channels: int,
+                 architecture: str = "resnet", conv_clamp: float | None = None):
+        super().__init__()
+        self.in_channels, self.architecture = in_channels, architecture
+        if in_channels == 0 or architecture == "skip":
+            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp)
+        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
+        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2, conv_clamp=conv_clamp)
+        if architecture == "resnet":
+            self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor) -> torch.Tensor:
+        if self.in_channels == 0 or self.architecture == "skip":
+            y = self.fromrgb(img)
+            x = y if x is None else x + y
+        if self.architecture == "resnet":
+            y = self.skip(x, gain=math.sqrt(0.5))
+            return y + self.conv1(self.conv0(x), gain=math.sqrt(0.5))
+        return self.conv1(self.conv0(x))
+
+
+class StyleGAN2Discriminator(Discriminator):
+    def __init__(self, spec: DataSpec, channel_base: int = 32768, channel_max: int = 512,
+                 architecture: str = "resnet", mbstd_group: int = 4, mbstd_channels: int = 1,
+                 conv_clamp: float | None = None, cmap_dim: int | None = None, mapping_layers: int = 8):
+        super().__init__()
+        if architecture not in ("resnet", "orig"):
+            raise ValueError(f"model.d_architecture: resnet or orig (got {architecture!r})")
+        self.num_classes = spec.num_classes
+        res_log2 = int(np.log2(spec.resolution))
+        self.block_resolutions = [2 ** i for i in range(res_log2, 2, -1)]
+        ch = {res: channels_at(res, channel_base, channel_max) for res in [*self.block_resolutions, 4]}
+        self.cmap_dim = (ch[4] if cmap_dim is None else cmap_dim) if spec.num_classes else 0
+        self.blocks = nn.ModuleList(
+            DiscriminatorBlock(ch[res] if res < spec.resolution else 0, ch[res], ch[res // 2], spec.channels,
+                               architecture, conv_clamp) for res in self.block_resolutions)
+        if spec.num_classes:
+            self.mapping = MappingNetwork(0, spec.num_classes, self.cmap_dim, None, mapping_layers, w_avg_beta=None)
+        self.mbstd = MinibatchStdDev(mbstd_group, mbstd_channels) if mbstd_channels else None
+        self.conv = Conv2dLayer(ch[4] + mbstd_channels, ch[4], 3, activation="lrelu", conv_clamp=conv_clamp)
+        self.fc = FullyConnected(ch[4] * 16, ch[4], activation="lrelu")
+        self.out = FullyConnected(ch[4], self.cmap_dim or 1)
+
+    def forward(self, images: torch.Tensor, c: torch.Tensor | None = None, features: bool = False):
+        x = None
+        for block in self.blocks:
+            x = block(x, images)
+        if self.mbstd is not None:
+            x = self.mbstd(x)
+        hidden = self.fc(self.conv(x).flatten(1))
+        x = self.out(hidden)
+        if self.cmap_dim:
+            cmap = self.mapping(None, c)
+            x = (x * cmap).sum(dim=1, keepdim=True) / math.sqrt(self.cmap_dim)
+        logits = x.squeeze(1)
+        return DOutput(logits, hidden, None) if features else logits

@@ -1,0 +1,167 @@
+"""StyleGAN2 networks: the reference's parameter counts, modulation/demodulation, FIR resampling, noise,
+truncation, style mixing and the discriminator's conditioning, on real computations at tiny sizes."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gantrain.models.base import DataSpec
+from gantrain.models.layers import DOutput
+from gantrain.models.stylegan2 import (StyleGAN2Discriminator, StyleGAN2Generator, SynthesisLayer,
+                                       conv2d_resample, downsample2d, fir_filter, modulated_conv2d, upsample2d)
+
+# Counted by instantiating NVlabs stylegan2-ada-pytorch's networks (3 channels, z_dim = w_dim = 512,
+# channel_max 512): (resolution, classes, channel_base, G mapping layers, D architecture) -> (G, D).
+# The reference's D mapping network (cifar's label embedding) keeps its default 8 layers.
+REFERENCE = {
+    "paper256": ((256, 0, 16384, 8, "resnet"), (24_767_458, 24_001_089)),
+    "stylegan2": ((1024, 0, 32768, 8, "resnet"), (30_370_060, 29_012_513)),
+    "cifar": ((32, 10, 32768, 2, "orig"), (20_215_315, 23_089_664)),
+}
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("preset", REFERENCE)
+def test_parameter_counts_equal_the_reference_networks(preset):
+    (resolution, classes, base, mapping_layers, architecture), (g_count, d_count) = REFERENCE[preset]
+    spec = DataSpec(resolution, 3, classes)
+    with torch.device("meta"):  # shapes only: config-f's 59 M parameters need no memory
+        G = StyleGAN2Generator(spec, 512, 512, mapping_layers, base, 512)
+        D = StyleGAN2Discriminator(spec, base, 512, architecture)
+    assert (_count(G), _count(D)) == (g_count, d_count)
+    assert G.num_ws == 2 * int(math.log2(resolution)) - 2  # two convolutions per resolution above 4, + toRGB
+
+
+def test_fir_resampling_equals_direct_convolutions_with_the_outer_product_filter():
+    torch.manual_seed(0)
+    f = fir_filter()
+    assert torch.allclose(f, torch.tensor([1., 3, 3, 1]).outer(torch.tensor([1., 3, 3, 1])) / 64)
+    x = torch.randn(2, 3, 8, 8)
+    kernel = f[None, None].repeat(3, 1, 1, 1)
+    # upsampling = a transposed convolution with the filter x 4 (stride 2), one pixel cropped per side
+    up = F.conv_transpose2d(x, kernel * 4, stride=2, groups=3)[:, :, 1:-1, 1:-1]
+    assert torch.allclose(upsample2d(x, f), up, atol=1e-6)
+    assert torch.equal(downsample2d(x, f), F.conv2d(x, kernel, stride=2, padding=1, groups=3))
+    one = torch.ones(1, 1, 8, 8)  # a constant stays constant away from the zero-padded borders
+    assert torch.allclose(upsample2d(one, f)[..., 2:-2, 2:-2], torch.ones(1))
+    assert torch.allclose(downsample2d(one, f)[..., 1:-1, 1:-1], torch.ones(1))
+    # the fused forms (transposed conv then filter; filter then strided conv) equal filtering and convolving
+    # one after the other, away from the borders (the transposed form convolves with the flipped kernel)
+    w = torch.randn(5, 3, 3, 3)
+    fused = conv2d_resample(x, w, f, up=2, padding=1)  # fp32 sums of <= 108 O(1) products: rounding ~1e-6
+    slow = F.conv2d(upsample2d(x, f), w.flip([2, 3]), padding=1)
+    assert torch.allclose(fused[..., 2:-2, 2:-2], slow[..., 2:-2, 2:-2], atol=1e-5)
+    fused = conv2d_resample(x, w, f, down=2, padding=1)
+    assert torch.allclose(fused[..., 1:-1, 1:-1], downsample2d(F.conv2d(x, w, padding=1), f)[..., 1:-1, 1:-1],
+                          atol=1e-5)
+
+
+def test_demodulated_kernels_have_unit_norm_and_a_layer_keeps_unit_scale_at_init():
+    torch.manual_seed(0)
+    n, cin, cout = 4, 16, 32
+    weight, styles = torch.randn(cout, cin, 3, 3), torch.randn(n, cin).abs() + 0.5
+    # a 3x3 input with one hot pixel at the centre reads each demodulated kernel tap by tap
+    for i in range(cin):
+        x = torch.zeros(n, cin, 3, 3)
+        x[:, i, 1, 1] = 1
+        taps = modulated_conv2d(x, weight, styles, padding=1)  # [n, cout, 3, 3]: kernel i, flipped
+        if i == 0:
+            energy = taps.square().sum([2, 3])
+        else:
+            energy += taps.square().sum([2, 3])
+    assert torch.allclose(energy, torch.ones(n, cout), atol=1e-5)  # sum over inputs and taps: unit L2 norm
+    # unit-variance input, random w: pre-activations are N(0, 1) per pixel, so after LeakyReLU(0.2) x sqrt(2)
+    # the second moment is 2 * (1 + 0.2^2) / 2 = 1.04 (noise strength and bias start at 0). Interior pixels
+    # only (zero padding shrinks the border's); 8 x 64 x 30 x 30 samples: sampling error ~0.01, tolerance 0.06.
+    layer = SynthesisLayer(64, 64, w_dim=32, resolution=32)
+    out = layer(torch.randn(8, 64, 32, 32), torch.randn(8, 32))
+    assert out[..., 1:-1, 1:-1].square().mean().item() == pytest.approx(1.04, abs=0.06)
+
+
+def _tiny(classes=0, **kwargs):
+    torch.manual_seed(0)
+    spec = DataSpec(16, 3, classes)
+    return StyleGAN2Generator(spec, z_dim=8, w_dim=8, mapping_layers=2, channel_base=128, channel_max=16,
+                              **kwargs), StyleGAN2Discriminator(spec, channel_base=128, channel_max=16,
+                                                                mbstd_group=2)
+
+
+def test_noise_modes_truncation_and_cutoff():
+    G, _ = _tiny()
+    G.eval()
+    z = torch.randn(4, 8)
+    ws = G.mapping(z)
+    assert ws.shape == (4, G.num_ws, 8) and G.num_ws == 6
+    assert torch.equal(G.synthesis(ws, "const"), G.synthesis(ws, "const"))
+    assert torch.equal(G.synthesis(ws, "none"), G.synthesis(ws, "none"))
+    assert torch.equal(G.synthesis(ws, "random"), G.synthesis(ws, "random"))  # all strengths start at 0
+    for block in G.synthesis_net.blocks.values():
+        for layer in (getattr(block, "conv0", None), block.conv1):
+            if layer is not None:
+                layer.noise_strength.data.fill_(0.5)
+    assert not torch.equal(G.synthesis(ws, "random"), G.synthesis(ws, "random"))
+    assert torch.equal(G.synthesis(ws, "const"), G.synthesis(ws, "const"))
+    assert not torch.equal(G.synthesis(ws, "const"), G.synthesis(ws, "none"))
+    G.mapping_net.w_avg.copy_(torch.randn(8))
+    assert torch.equal(G.mapping(z, psi=0), G.w_avg.expand(4, G.num_ws, 8))  # psi 0: w_avg for every sample
+    cut = G.mapping(z, psi=0.5, cutoff=2)
+    assert torch.allclose(cut[:, :2], G.w_avg.lerp(ws[:, :2], 0.5)) and torch.equal(cut[:, 2:], ws[:, 2:])
+    images = G.synthesis(ws, "const")
+    assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_w_avg_tracks_the_mean_w_while_training():
+    G, _ = _tiny(style_mixing=0)
+    G.train()
+    z = torch.randn(16, 8)
+    before = G.w_avg.clone()
+    G(z)
+    w = G.mapping_net.layers[1](G.mapping_net.layers[0](z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()))
+    assert torch.allclose(G.w_avg, w.mean(0).lerp(before, 0.995), atol=1e-6)
+    G.eval()
+    G(z)
+    assert torch.allclose(G.w_avg, w.mean(0).lerp(before, 0.995), atol=1e-6)  # frozen in eval mode
+
+
+def test_style_mixing_switches_to_the_second_latent_at_the_crossover_layer():
+    G, _ = _tiny(style_mixing=1.0, noise_mode="const")
+    G.train()
+    z = torch.randn(4, 8)
+    seen: list[torch.Tensor] = []  # the w each modulated layer (and toRGB) receives, in call order
+    hooks = [m.affine.register_forward_hook(lambda mod, args, out: seen.append(args[0].clone()))
+             for m in G.synthesis_net.modules() if hasattr(m, "affine")]
+    state = torch.get_rng_state()
+    G(z)
+    torch.set_rng_state(state)
+    cutoff = int(torch.randint(1, G.num_ws, ()))
+    torch.rand(())
+    w1 = G.mapping(z, update_w_avg=False)[:, 0]
+    w2 = G.mapping(torch.randn_like(z), update_w_avg=False)[:, 0]
+    for h in hooks:
+        h.remove()
+    # call order: conv1@4, toRGB@4, then per block conv0, conv1, toRGB; ws index of each call:
+    index = [0, 1, 1, 2, 3, 3, 4, 5]
+    for i, w in zip(index, seen):
+        assert torch.allclose(w, w1 if i < cutoff else w2), (i, cutoff)
+    assert 1 <= cutoff < G.num_ws
+
+
+def test_discriminator_scores_features_and_projection_conditioning():
+    _, D = _tiny()
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    out = D(x, features=True)
+    assert isinstance(out, DOutput) and out.logits.shape == (4,) and out.features.shape == (4, 16)
+    out.logits.sum().backward()
+    assert x.grad.abs().sum() > 0
+    _, D = _tiny(classes=5)
+    assert D.cmap_dim == 16
+    x = torch.randn(4, 3, 16, 16)
+    a, b = D(x, torch.tensor([0, 1, 2, 3])), D(x, torch.tensor([4, 4, 4, 4]))
+    assert a.shape == (4,) and not torch.allclose(a, b)  # the label enters through the projection
+    G, _ = _tiny(classes=5)
+    assert G(torch.randn(4, 8), torch.tensor([0, 1, 2, 3])).shape == (4, 3, 16, 16)
