@@ -96,6 +96,16 @@ class ModelConfig:
     minibatch_group: int = 4  # stddev: samples per group (the batch must divide into groups)
     minibatch_kernels: int = 32  # discrimination: number of kernels B (each of dimension 16)
     resolution: int | None = None  # None: the data's resolution (shards are box-downsampled if smaller)
+    # StyleGAN2 (model.name=stylegan2; Karras et al. 2020, as NVlabs stylegan2-ada-pytorch builds it).
+    # Feature maps at resolution r: min(channel_base // r, max_channels); D's minibatch stddev uses
+    # minibatch_group and minibatch_channels; conditioning is by projection (the reference's cmap).
+    w_dim: int = 512  # the intermediate latent w
+    mapping_layers: int = 8  # fully connected layers of the mapping network (lr multiplier 0.01)
+    channel_base: int = 32768
+    d_architecture: Literal["resnet", "orig"] = "resnet"
+    conv_clamp: float | None = None  # clamp activations to +-conv_clamp (the reference: 256 with fp16)
+    style_mixing: float = 0.9  # probability that a training sample switches to a second latent at a random layer
+    minibatch_channels: int = 1  # statistics of D's minibatch stddev (the reference's mbstd_num_channels)
 
     def validate(self) -> None:
         from gantrain.models import MODELS
@@ -111,6 +121,14 @@ class ModelConfig:
         if self.resolution is not None:
             _check(_is_pow2(self.resolution) and self.resolution >= 8, "model.resolution",
                    f"must be a power of two >= 8 (got {self.resolution})")
+        _check(self.w_dim > 0, "model.w_dim", f"must be > 0 (got {self.w_dim})")
+        _check(self.mapping_layers >= 1, "model.mapping_layers", f"must be >= 1 (got {self.mapping_layers})")
+        _check(self.channel_base > 0, "model.channel_base", f"must be > 0 (got {self.channel_base})")
+        _check(self.conv_clamp is None or self.conv_clamp > 0, "model.conv_clamp",
+               f"must be > 0 or null (got {self.conv_clamp})")
+        _check(0 <= self.style_mixing <= 1, "model.style_mixing", f"must be in [0, 1] (got {self.style_mixing})")
+        _check(self.minibatch_channels >= 1, "model.minibatch_channels",
+               f"must be >= 1 (got {self.minibatch_channels})")
 
 
 @dataclass
@@ -442,11 +460,17 @@ class Config:
                        "lazy phase) with deepspeed ZeRO-2: its hooks break on an input-gradient pass inside D main")
         if model.conditioning == "acgan":
             _check(model.conditional, "model.conditioning", "acgan needs model.conditional=true")
+        from gantrain.models import FAMILY_KEYS
+
+        if "conditioning" not in FAMILY_KEYS.get(model.name, ("conditioning",)):
+            _check(model.conditioning != "acgan", "model.conditioning", f"'{model.name}' conditions D by "
+                   "projection only (its own label embedding); acgan is not available")
         if self.progressive.enabled:
             _check(model.name == "progan", "progressive.enabled", f"needs a growing model (model.name=progan), "
                    f"not '{model.name}'")
         micro = self.train.micro_batch
-        if model.minibatch == "stddev" and micro and micro > model.minibatch_group:
+        stddev = model.minibatch == "stddev" or "minibatch" not in FAMILY_KEYS.get(model.name, ("minibatch",))
+        if stddev and micro and micro > model.minibatch_group:
             _check(micro % model.minibatch_group == 0, "model.minibatch_group",
                    f"{model.minibatch_group} does not divide the micro-batch of {micro} images")
 
@@ -672,6 +696,16 @@ def in_use(cfg: Config, hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     for name in ("ray",):
         if name not in hosts:
             del tree[name]
+    from gantrain.models import FAMILY_KEYS
+
+    own = FAMILY_KEYS.get(cfg.model.name)
+    if own is not None:  # a family that declares the model keys it reads: only those
+        tree["model"] = {k: v for k, v in tree["model"].items() if k in own}
+    else:  # the convolutional families read the common keys, not those only a declaring family reads
+        from gantrain.models import COMMON_KEYS
+
+        exclusive = {k for keys in FAMILY_KEYS.values() for k in keys} - set(COMMON_KEYS)
+        tree["model"] = {k: v for k, v in tree["model"].items() if k not in exclusive}
     if cfg.preset is None:
         del tree["preset"]
     return tree

@@ -184,6 +184,23 @@ def test_hparams_list_only_what_the_run_reads_in_config_order():
     assert "toy" not in used["data"] and "progressive" in used and "ray" in used and "eval" not in used
     assert list(used["loss"]) == ["name", "drift"] and "zero_stage" in used["engine"]
     assert list(used) == [k for k in config_mod.redacted(image) if k in used]  # config order
+    assert "w_dim" not in used["model"] and "channels" in used["model"]  # StyleGAN2's own keys are not progan's
+    style = config_mod.from_dict({"data": {"path": "d"}, "model": {"name": "stylegan2"}})
+    assert list(config_mod.in_use(style)["model"]) == [
+        "name", "z_dim", "max_channels", "conditional", "spectral_norm", "minibatch_group", "resolution", "w_dim",
+        "mapping_layers", "channel_base", "d_architecture", "conv_clamp", "style_mixing", "minibatch_channels"]
+
+
+def test_stylegan2_model_keys_are_validated():
+    for override, key in (("model.style_mixing=1.5", "model.style_mixing"), ("model.w_dim=0", "model.w_dim"),
+                          ("model.conv_clamp=-1", "model.conv_clamp"), ("model.d_architecture=skip",
+                                                                        "model.d_architecture"),
+                          ("model.conditioning=acgan", "model.conditioning")):
+        tree = {"data": {"path": "d"}, "model": {"name": "stylegan2", "conditional": True}}
+        config_mod.apply_override(tree, override)
+        with pytest.raises(ConfigError) as info:
+            config_mod.from_dict(tree)
+        assert info.value.key == key, (override, info.value)
 
 
 def test_relative_paths_resolve_against_the_command_directory_for_ray_workers_and_jobs(tmp_path, monkeypatch):

@@ -43,8 +43,28 @@ def _dirac(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:
     return DiracGenerator(spec, cfg.z_dim), DiracDiscriminator(spec)
 
 
+def _stylegan2(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:
+    from gantrain.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+
+    spec = DataSpec(spec.resolution, spec.channels, spec.num_classes if cfg.conditional else 0)
+    return (StyleGAN2Generator(spec, cfg.z_dim, cfg.w_dim, cfg.mapping_layers, cfg.channel_base, cfg.max_channels,
+                               cfg.conv_clamp, cfg.style_mixing),
+            StyleGAN2Discriminator(spec, cfg.channel_base, cfg.max_channels, cfg.d_architecture,
+                                   cfg.minibatch_group, cfg.minibatch_channels, cfg.conv_clamp))
+
+
 MODELS: dict[str, Callable[[ModelConfig, DataSpec], tuple[Generator, Discriminator]]] = {
-    "dcgan": _dcgan, "progan": _progan, "mlp": _mlp, "dirac": _dirac}
+    "dcgan": _dcgan, "progan": _progan, "mlp": _mlp, "dirac": _dirac, "stylegan2": _stylegan2}
+
+# The model keys the original families read; a family that reads others declares its own full set in
+# FAMILY_KEYS (what the HParams table lists, and which config checks apply to it).
+COMMON_KEYS = ("name", "z_dim", "channels", "max_channels", "depth", "conditional", "conditioning", "norm",
+               "spectral_norm", "minibatch", "minibatch_group", "minibatch_kernels", "resolution")
+FAMILY_KEYS: dict[str, tuple[str, ...]] = {
+    "stylegan2": ("name", "z_dim", "w_dim", "mapping_layers", "channel_base", "max_channels", "conditional",
+                  "spectral_norm", "d_architecture", "minibatch_group", "minibatch_channels", "conv_clamp",
+                  "style_mixing", "resolution"),
+}
 
 
 def build(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:
@@ -56,4 +76,4 @@ def build(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:
     return G, D
 
 
-__all__ = ["DOutput", "DataSpec", "Discriminator", "Generator", "MODELS", "build"]
+__all__ = ["COMMON_KEYS", "DOutput", "DataSpec", "Discriminator", "FAMILY_KEYS", "Generator", "MODELS", "build"]
