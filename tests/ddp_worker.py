@@ -66,6 +66,9 @@ def main() -> None:
     flat = torch.cat([p.detach().flatten() for m in (trainer.G_model, trainer.D_model) for p in m.parameters()])
     digests = engine.gather(hashlib.sha256(flat.cpu().numpy().tobytes()).hexdigest())
     assert len(set(digests)) == 1, f"ranks disagree on the weights: {digests}"
+    if "test.distinct_model_rng=1" in extra:  # randomness inside the models (noise inputs) differs per rank
+        seeds = engine.gather(torch.initial_seed())
+        assert len(set(seeds)) == engine.world_size, f"ranks share the models' random stream: {seeds}"
     nets = {"G": trainer.G.state_dict(), "D": trainer.D.state_dict()}  # collective under ZeRO
     if engine.is_main:
         torch.save({"G": trainer.G_model.state_dict(), "D": trainer.D_model.state_dict(),

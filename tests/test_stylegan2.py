@@ -197,3 +197,19 @@ def test_stylegan2_trains_through_the_loop_resumes_exactly_and_samples(digits16,
     ckpt = str(checkpoint.list_checkpoints(tmp_path / "a")[-1])
     assert cli_main(["sample", ckpt, "--out", str(tmp_path / "s.png"), "--n", "4", "--truncation", "0.5"]) == 0
     assert cli_main(["truncation", ckpt, "--out", str(tmp_path / "t.png"), "--rows", "2"]) == 0
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_stylegan2_under_ddp_keeps_ranks_identical_and_draws_noise_per_rank(digits16, tmp_path):
+    """2 ranks over gloo: every rank holds the same weights after the steps (the worker checks), and the
+    models' own randomness (noise inputs, style mixing) comes from a per-rank stream, reseeded every phase
+    from the checkpointed latent generator: identically seeded ranks would otherwise draw the same noise
+    maps for different samples. (Not equal to one process, as in the reference: the noise a sample gets
+    depends on the rank that draws it.)"""
+    from test_distributed import _states
+
+    model = [f"model.{k}={v}" for k, v in STYLEGAN2_TINY.items()]
+    state = _states(digits16, tmp_path, 2, "ddp", 8, steps=3, extra=[*model, "test.distinct_model_rng=1"])
+    assert "synthesis_net.blocks.16.conv1.noise_strength" in state["G"]
+    assert all(torch.isfinite(v).all() for v in state["G"].values())
