@@ -29,6 +29,9 @@ class Generator(nn.Module):
 
     z_dim: int
     num_classes: int  # 0: unconditional
+    # True for a generator that draws random numbers in its forward (noise inputs, style mixing): the loop
+    # then reseeds torch's default generators per rank and phase from its checkpointed latent generator.
+    stochastic: bool = False
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError

@@ -325,6 +325,8 @@ class StyleGAN2Generator(Generator):
     """mapping(z, c) -> ws [N, num_ws, w_dim]; synthesis(ws) -> images; forward does both, with style mixing
     (a second latent from a random layer on, with probability `style_mixing`) while training."""
 
+    stochastic = True  # noise inputs and style mixing draw from torch's default generator
+
     def __init__(self, spec: DataSpec, z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8,
                  channel_base: int = 32768, channel_max: int = 512, conv_clamp: float | None = None,
                  style_mixing: float = 0.9, noise_mode: str = "random"):

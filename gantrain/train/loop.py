@@ -216,10 +216,11 @@ class Trainer:
                         for name, reg in lazy.items()]
         self.phases.append(Phase("Gmain", "G", 1, self._g_main))
         # Randomness inside the losses (interpolation weights, instance noise): a device generator reseeded
-        # from the checkpointed one at every phase, different per rank. Randomness inside the models (a
-        # style-based G's noise inputs and style mixing) comes from torch's default generators, reseeded
+        # from the checkpointed one at every phase, different per rank. Randomness inside a stochastic G
+        # (a style-based G's noise inputs and style mixing) comes from torch's default generators, reseeded
         # the same way: otherwise every rank, seeded alike for identical initial weights, would draw the
         # same noise maps for its different samples.
+        self.needs_rand = "gp" in penalties or L.instance_noise.std > 0 or G.stochastic
         self.rand = torch.Generator(device=self.device)
         if "gp" in penalties and cfg.model.norm == "batch" and cfg.model.name == "dcgan":
             log.warning("loss.gp with batch norm in D: the penalty is per sample but batch norm couples the "
@@ -420,9 +421,10 @@ class Trainer:
         for net in (self.G, self.D):  # a frozen D in the G phase keeps G's gradients out of D
             net.raw.requires_grad_(net is trained)
         zs, cs = self._latents()
-        seed = int(torch.randint(2 ** 62, (1,), generator=self.gen)) + self.engine.rank
-        self.rand.manual_seed(seed)
-        torch.manual_seed(seed)
+        if self.needs_rand:
+            seed = int(torch.randint(2 ** 62, (1,), generator=self.gen)) + self.engine.rank
+            self.rand.manual_seed(seed)
+            torch.manual_seed(seed)
         for i in range(self.accum):
             sync = contextlib.nullcontext() if i == self.accum - 1 else trained.no_sync()
             with sync:
