@@ -696,14 +696,12 @@ def in_use(cfg: Config, hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     for name in ("ray",):
         if name not in hosts:
             del tree[name]
-    from gantrain.models import FAMILY_KEYS
+    from gantrain.models import COMMON_KEYS, FAMILY_KEYS
 
     own = FAMILY_KEYS.get(cfg.model.name)
     if own is not None:  # a family that declares the model keys it reads: only those
         tree["model"] = {k: v for k, v in tree["model"].items() if k in own}
     else:  # the convolutional families read the common keys, not those only a declaring family reads
-        from gantrain.models import COMMON_KEYS
-
         exclusive = {k for keys in FAMILY_KEYS.values() for k in keys} - set(COMMON_KEYS)
         tree["model"] = {k: v for k, v in tree["model"].items() if k not in exclusive}
     if cfg.preset is None:
