@@ -148,7 +148,7 @@ def check_split(manifest: Manifest, world_size: int, num_workers: int) -> None:
                         f"{num_workers} workers; lower data.workers or repack with a smaller --shard-size")
 
 
-def _decode(sample: dict[str, Any], manifest: Manifest) -> tuple[torch.Tensor, int]:
+def decode_sample(sample: dict[str, Any], manifest: Manifest) -> tuple[torch.Tensor, int]:
     """Image and label only; anything else in the sample is ignored, never unpickled."""
     data = sample.get(manifest.image_format)
     if data is None:
@@ -166,12 +166,12 @@ def _decode(sample: dict[str, Any], manifest: Manifest) -> tuple[torch.Tensor, i
     return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), label
 
 
-def _raw_samples(url: str, errors: list[str]) -> list[dict[str, Any]]:
+def read_shard(url: str, errors: list[str]) -> list[dict[str, Any]]:
     """All samples of one shard as raw bytes; a torn tar yields what could be read."""
 
     def handler(exc: Exception) -> bool:
         # webdataset re-raises with args (message, stream, url): the message alone reads as a reason
-        message = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else _reason(exc)
+        message = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else skip_reason(exc)
         errors.append(f"{url}: {type(exc).__name__}: {message}")
         return False  # stop reading this shard; the samples before the damage are kept
 
@@ -208,7 +208,7 @@ def _shard_order(num_shards: int, cur: Cursor, *, sampling: str, infinite: bool,
         cur.shard = 0
 
 
-def _reason(exc: Exception) -> str:
+def skip_reason(exc: Exception) -> str:
     """An exception as a readable reason: without object reprs such as PIL's `<_io.BytesIO object at 0x..>`."""
     return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)) or type(exc).__name__
 
@@ -235,7 +235,7 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
     for index in order:
         url, expected = manifest.shards[index]
         errors: list[str] = []
-        raw = _raw_samples(url, errors)
+        raw = read_shard(url, errors)
         for message in errors:
             log.warning("damaged shard, read %d samples before: %s", len(raw), message)
         if len(raw) < expected and cur.sample == 0:
@@ -249,11 +249,11 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
             sample = raw[visit[cur.sample]]
             cur.sample += 1
             try:
-                image, label = _decode(sample, manifest)
+                image, label = decode_sample(sample, manifest)
             except Exception as exc:  # corrupt sample: skip and count, never stall the stream
                 cur.skipped += 1
                 bad_in_a_row += 1
-                notes["last_skip"] = f"{sample.get('__key__')} in {url}: {_reason(exc)}"
+                notes["last_skip"] = f"{sample.get('__key__')} in {url}: {skip_reason(exc)}"
                 if cur.skipped <= 10:
                     log.warning("skipped corrupt sample %s", notes["last_skip"])
                 if bad_in_a_row >= max_bad_in_a_row:

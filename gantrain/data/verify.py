@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gantrain.atomic import sha256_file
-from gantrain.data.stream import _decode, _raw_samples, _reason, read_manifest
+from gantrain.data.stream import decode_sample, read_shard, skip_reason, read_manifest
 
 
 @dataclass
@@ -36,15 +36,15 @@ def verify(root: str | Path) -> list[ShardReport]:
     for (url, listed), expected in zip(manifest.shards, manifest.checksums):
         checksum = "not listed" if expected is None else "ok" if sha256_file(url) == expected else "MISMATCH"
         errors: list[str] = []
-        raw = _raw_samples(url, errors)
+        raw = read_shard(url, errors)
         corrupt = 0
         problem = f"stops after {len(raw)}: {errors[0].removeprefix(url + ': ')}" if errors else ""
         for sample in raw:
             try:
-                _decode(sample, manifest)
+                decode_sample(sample, manifest)
             except Exception as exc:  # counted and reported, like the trainer skips it
                 corrupt += 1
-                problem = problem or f"{sample.get('__key__')}: {_reason(exc)}"
+                problem = problem or f"{sample.get('__key__')}: {skip_reason(exc)}"
         reports.append(ShardReport(Path(url).name, listed, len(raw), corrupt, checksum, problem))
     return reports
 
