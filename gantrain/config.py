@@ -147,6 +147,37 @@ class RegConfig:
 
 
 @dataclass
+class R1Config(RegConfig):
+    """R1 (Mescheder et al. 2018): gamma/2 ||grad D(real)||^2. WEIGHT `auto` is StyleGAN2-ADA's heuristic
+    gamma = 0.0002 * resolution^2 / batch (global batch), fixed once the resolution is known."""
+
+    weight: float | Literal["auto"] = 0.0
+    interval: int = 16
+
+    def validate(self, key: str) -> None:
+        if self.weight != "auto":
+            super().validate(key)
+        _check(self.interval >= 1, f"{key}.interval", f"must be >= 1 (got {self.interval})")
+
+
+@dataclass
+class PLConfig(RegConfig):
+    """Path-length regularization (Karras et al. 2020): WEIGHT * (||J_w^T y|| - a)^2 for a style-based G,
+    y random images of unit expected norm, a the running mean of the lengths (decay DECAY, averaged over
+    ranks). A lazy G phase every INTERVAL G steps on the first 1/BATCH_SHRINK of the batch's latents."""
+
+    weight: float = 0.0  # StyleGAN2: 2
+    interval: int = 4
+    decay: float = 0.01
+    batch_shrink: int = 2
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        _check(0 < self.decay <= 1, f"{key}.decay", f"must be in (0, 1] (got {self.decay})")
+        _check(self.batch_shrink >= 1, f"{key}.batch_shrink", f"must be >= 1 (got {self.batch_shrink})")
+
+
+@dataclass
 class GPConfig(RegConfig):
     """Gradient penalty on random interpolates of real and fake samples (Gulrajani et al. 2017)."""
 
@@ -174,11 +205,12 @@ LOGISTIC_LOSSES = ("minimax", "nonsaturating")
 class LossConfig:
     # Adversarial objective (gantrain.losses.OBJECTIVES). wgan-gp is wgan plus loss.gp (weight required).
     name: Literal["nonsaturating", "minimax", "wgan", "wgan-gp", "hinge", "lsgan"] = "nonsaturating"
-    r1: RegConfig = field(default_factory=lambda: RegConfig(0.0, 16))  # weight is gamma: gamma/2 ||grad D(real)||^2
+    r1: R1Config = field(default_factory=R1Config)  # weight is gamma (or auto): gamma/2 ||grad D(real)||^2
     r2: RegConfig = field(default_factory=lambda: RegConfig(0.0, 16))  # gamma/2 ||grad D(fake)||^2
     gp: GPConfig = field(default_factory=GPConfig)  # weight is lambda (10 in WGAN-GP)
     drift: RegConfig = field(default_factory=RegConfig)  # eps * D(real)^2 (ProGAN: 0.001)
     ortho: RegConfig = field(default_factory=RegConfig)  # beta ||W W^T * (1 - I)||_F^2 on G's weights (BigGAN)
+    pl: PLConfig = field(default_factory=PLConfig)  # path length, a lazy G phase (style-based generators)
     clip: float = 0.0  # WGAN critic weight clipping to [-clip, clip] after every D step; 0 disables
     label_smoothing: float = 0.0  # one-sided (Salimans et al.): real target 1 - s; logistic and lsgan losses
     instance_noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -188,7 +220,7 @@ class LossConfig:
     acgan: float = 1.0  # weight of the auxiliary classification loss (model.conditioning=acgan)
 
     def validate(self) -> None:
-        for name in ("r1", "r2", "gp", "drift", "ortho"):
+        for name in ("r1", "r2", "gp", "drift", "ortho", "pl"):
             getattr(self, name).validate(f"loss.{name}")
         self.instance_noise.validate()
         _check(self.clip >= 0, "loss.clip", f"must be >= 0 (got {self.clip})")
@@ -453,11 +485,12 @@ class Config:
             # including the autograd.grad that takes a penalty's input gradient: ZeRO-0 refuses it,
             # ZeRO-2 breaks on it inside a main phase (an empty reduce bucket). A lazy phase works.
             stage = self.engine.zero_stage
-            for name in (n for n in ("r1", "r2", "gp") if getattr(loss, n).weight):
+            for name in (n for n in ("r1", "r2", "gp", "pl") if getattr(loss, n).weight):
                 _check(stage != 0, f"loss.{name}.weight", "gradient penalties need engine.zero_stage 1 or 2 with "
                        "deepspeed (ZeRO-0 refuses the input-gradient pass)")
-                _check(stage != 2 or getattr(loss, name).interval > 1, f"loss.{name}.interval", "must be >= 2 (a "
-                       "lazy phase) with deepspeed ZeRO-2: its hooks break on an input-gradient pass inside D main")
+                _check(stage != 2 or name == "pl" or getattr(loss, name).interval > 1, f"loss.{name}.interval",
+                       "must be >= 2 (a lazy phase) with deepspeed ZeRO-2: its hooks break on an input-gradient "
+                       "pass inside D main")
         if model.conditioning == "acgan":
             _check(model.conditional, "model.conditioning", "acgan needs model.conditional=true")
         from gantrain.models import FAMILY_KEYS
@@ -606,7 +639,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        errors = []
+        for option in inner:  # the first type that takes the value (`1.5` or `auto` for float | "auto")
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        names = " or ".join(", ".join(map(repr, typing.get_args(a))) if typing.get_origin(a) is Literal
+                            else a.__name__ for a in inner)
+        raise ConfigError(key, f"expected {names}, got {value!r}")
     if origin is Literal:
         if value not in args:
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
@@ -676,7 +719,7 @@ def in_use(cfg: Config, hosts: tuple[str, ...] = ()) -> dict[str, Any]:
         del data["toy"]
     else:
         tree["data"] = {"toy": data["toy"]}
-    for name in ("r1", "r2", "gp", "drift", "ortho"):
+    for name in ("r1", "r2", "gp", "drift", "ortho", "pl"):
         if not getattr(cfg.loss, name).weight:
             del loss[name]
     for name, off in (("instance_noise", not cfg.loss.instance_noise.std), ("clip", not cfg.loss.clip),

@@ -113,6 +113,19 @@ def gradient_penalty(logits: torch.Tensor, inputs: torch.Tensor, scale: float = 
     return (F.relu(gap) if one_sided else gap).square()
 
 
+def path_lengths(images: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """||J_w^T y|| per sample (Karras et al. 2020, appendix B): the gradient of sum(IMAGES * y) with respect
+    to WS [N, num_ws, w_dim], squared and summed over w_dim, averaged over the layers, square-rooted. y is
+    NOISE (normal / sqrt(H W), so ||y|| is about 1 per channel); SCALE as in grad_norm_sq. Differentiable."""
+    (grad,) = torch.autograd.grad((images * noise).sum() * scale, ws, create_graph=True)
+    return (grad.float() / scale).square().sum(2).mean(1).sqrt()
+
+
+def path_length_penalty(lengths: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """(||J_w^T y|| - a)^2 per sample, a the running mean of the lengths (a constant here)."""
+    return (lengths - mean.detach()).square()
+
+
 def drift_penalty(real_logits: torch.Tensor) -> torch.Tensor:
     """D(x)^2 (Karras et al. 2018, eps_drift = 0.001): keeps a Wasserstein critic's output near 0."""
     return real_logits.float().square()

@@ -134,7 +134,7 @@ class Monitor:
         self.writer.flush()
         with open(self.run_dir / "stats.jsonl", "a") as f:
             f.write(json_line({"nimg": nimg, **scalars}))
-        shown = ("Loss/D", "Loss/G", "Loss/R1", "Timing/img_per_sec", "Timing/sec_per_kimg")
+        shown = ("Loss/D", "Loss/G", "Loss/R1", "Loss/PL", "Timing/img_per_sec", "Timing/sec_per_kimg")
         fields = "  ".join(f"{k.split('/')[-1]} {scalars[k]:.4g}" for k in shown if k in scalars)
         message = f"tick {self.tick:<4d} kimg {nimg / 1000:<8.2f} {fields}"
         if self.bar is not None:

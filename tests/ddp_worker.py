@@ -60,6 +60,9 @@ def main() -> None:
             return torch.nn.functional.softplus(-trainer.D.module(trainer.G.module(z, c), c).float()).mean()
 
         trainer.phases[-1].loss = g_main_unfrozen
+    if "test.const_noise=1" in extra:  # a deterministic style-based G: comparable with one process
+        for model in (trainer.G_model, trainer.G_ema):
+            model.noise_mode = "const"
     for _ in range(int(steps)):
         trainer.train_step()
     # Every rank must hold the same weights (a missed gradient reduction would show here first).
@@ -73,7 +76,8 @@ def main() -> None:
     if engine.is_main:
         torch.save({"G": trainer.G_model.state_dict(), "D": trainer.D_model.state_dict(),
                     "G_ema": trainer.G_ema.state_dict(),
-                    "G_opt": nets["G"]["optimizer"], "D_opt": nets["D"]["optimizer"]}, out)
+                    "G_opt": nets["G"]["optimizer"], "D_opt": nets["D"]["optimizer"],
+                    "pl_mean": trainer.pl_mean.cpu()}, out)
     engine.close()
 
 

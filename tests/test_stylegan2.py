@@ -167,6 +167,65 @@ def test_discriminator_scores_features_and_projection_conditioning():
     assert G(torch.randn(4, 8), torch.tensor([0, 1, 2, 3])).shape == (4, 3, 16, 16)
 
 
+# ---- path length and R1 gamma ---------------------------------------------------------------------------
+def test_path_lengths_of_a_linear_generator_equal_the_hand_computed_jacobian_products():
+    """For img = sum_l A_l w_l the Jacobian of layer l is A_l, so ||J_w^T y|| = sqrt(mean_l ||A_l^T y||^2)."""
+    from gantrain import losses
+
+    torch.manual_seed(0)
+    n, layers, w_dim, shape = 3, 4, 5, (2, 3, 3)
+    A = torch.randn(layers, w_dim, math.prod(shape), dtype=torch.float64, requires_grad=True)
+    ws = torch.randn(n, layers, w_dim, dtype=torch.float64, requires_grad=True)
+    img = torch.einsum("nlw,lwp->np", ws, A).view(n, *shape)
+    y = torch.randn(n, *shape, dtype=torch.float64) / 3
+    lengths = losses.path_lengths(img, ws, y)
+    by_hand = [math.sqrt(sum(float((A[l].detach() @ y[i].flatten()).square().sum()) for l in range(layers))
+                         / layers) for i in range(n)]
+    assert torch.allclose(lengths.double(), torch.tensor(by_hand, dtype=torch.float64), rtol=1e-6)  # fp32 cast
+    mean = torch.tensor(1.5)
+    assert torch.equal(losses.path_length_penalty(lengths, mean), (lengths - 1.5).square())
+    lengths.sum().backward()  # differentiable: the penalty trains G's weights through the double backward
+    assert torch.isfinite(A.grad).all() and A.grad.abs().sum() > 0
+
+
+def test_pl_mean_after_two_phases_by_hand_and_r1_auto_gamma(digits16, tmp_path, monkeypatch):
+    """Two path-length phases: pl_mean = lerp(lerp(0, m1, decay), m2, decay) with m_k the phase's mean
+    length, checkpointed; R1 `auto` resolves to 0.0002 * res^2 / batch; misuse is one line naming the key."""
+    from conftest import tiny_config
+    from gantrain import losses
+    from gantrain.config import ConfigError
+    from gantrain.train import checkpoint
+    from gantrain.train.loop import resolve, run
+
+    seen = []
+    real_path_lengths = losses.path_lengths
+
+    def recording(*args, **kwargs):
+        lengths = real_path_lengths(*args, **kwargs)
+        seen.append(lengths.detach().clone())
+        return lengths
+
+    monkeypatch.setattr(losses, "path_lengths", recording)
+    sections = dict(model=STYLEGAN2_TINY, loss={"r1": {"weight": "auto"}, "pl": {"weight": 2.0, "interval": 1}},
+                    train={"kimg": 0.032}, log={"snapshot_kimg": 0.032})
+    cfg = tiny_config(digits16, **sections)
+    run(cfg, tmp_path / "r")
+    assert [len(x) for x in seen] == [8, 8]  # batch 16, batch_shrink 2
+    expected = torch.zeros(()).lerp_(seen[0].mean(), 0.01).lerp_(seen[1].mean(), 0.01)
+    state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "r")[-1])
+    assert torch.equal(state["pl_mean"], expected) and expected > 0
+    assert state["config"]["loss"]["r1"]["weight"] == pytest.approx(0.0002 * 16 ** 2 / 16)
+
+    from gantrain.data.stream import read_manifest
+    with pytest.raises(ConfigError, match=r"^loss\.r1\.weight: expected float or 'auto', got 'autox'"):
+        tiny_config(digits16, loss={"r1": {"weight": "autox"}})
+    with pytest.raises(ConfigError, match=r"^loss\.pl\.batch_shrink: 3 does not divide the micro-batch of 16"):
+        resolve(tiny_config(digits16, model=STYLEGAN2_TINY, loss={"pl": {"weight": 2.0, "batch_shrink": 3}}),
+                read_manifest(digits16), 1)
+    with pytest.raises(ConfigError, match=r"^loss\.pl\.weight: path-length regularization needs a style-based"):
+        run(tiny_config(digits16, loss={"pl": {"weight": 2.0}}), tmp_path / "dcgan")
+
+
 # ---- through the training loop ------------------------------------------------------------------------
 STYLEGAN2_TINY = {"name": "stylegan2", "z_dim": 8, "w_dim": 8, "mapping_layers": 2, "channel_base": 64,
                   "max_channels": 8, "minibatch_group": 2}
@@ -180,7 +239,7 @@ def test_stylegan2_trains_through_the_loop_resumes_exactly_and_samples(digits16,
     from gantrain.train import checkpoint
     from gantrain.train.loop import run
 
-    sections = dict(model=STYLEGAN2_TINY, loss={"r1": {"weight": 0.1, "interval": 4}},
+    sections = dict(model=STYLEGAN2_TINY, loss={"r1": {"weight": 0.1, "interval": 4}, "pl": {"weight": 2.0}},
                     optim={"betas": [0.0, 0.99]}, log={"snapshot_kimg": 0.064})
     straight = run(tiny_config(digits16, train={"kimg": 0.128}, **sections), tmp_path / "a")
     run(tiny_config(digits16, train={"kimg": 0.064}, **sections), tmp_path / "b")
@@ -194,6 +253,7 @@ def test_stylegan2_trains_through_the_loop_resumes_exactly_and_samples(digits16,
     assert not torch.equal(a["G_ema"]["mapping_net.w_avg"], torch.zeros(8))  # tracked while training
     for key, value in a["G"]["model"].items():
         assert torch.equal(value, b["G"]["model"][key]), key
+    assert torch.equal(a["pl_mean"], b["pl_mean"]) and a["pl_mean"] > 0  # path length's running mean
     ckpt = str(checkpoint.list_checkpoints(tmp_path / "a")[-1])
     assert cli_main(["sample", ckpt, "--out", str(tmp_path / "s.png"), "--n", "4", "--truncation", "0.5"]) == 0
     assert cli_main(["truncation", ckpt, "--out", str(tmp_path / "t.png"), "--rows", "2"]) == 0
@@ -201,15 +261,30 @@ def test_stylegan2_trains_through_the_loop_resumes_exactly_and_samples(digits16,
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_stylegan2_under_ddp_keeps_ranks_identical_and_draws_noise_per_rank(digits16, tmp_path):
-    """2 ranks over gloo: every rank holds the same weights after the steps (the worker checks), and the
-    models' own randomness (noise inputs, style mixing) comes from a per-rank stream, reseeded every phase
-    from the checkpointed latent generator: identically seeded ranks would otherwise draw the same noise
-    maps for different samples. (Not equal to one process, as in the reference: the noise a sample gets
-    depends on the rank that draws it.)"""
-    from test_distributed import _states
+def test_stylegan2_with_r1_and_path_length_under_ddp_and_zero2_matches_one_process(digits16, tmp_path):
+    """Lazy R1 (every 2 D steps) and path length (every 2 G steps, double backward through the wrapped G)
+    over 2 ranks x 8 under DDP and under DeepSpeed ZeRO-2 == one process x 16: weights, Adam moments and
+    the penalty's running mean pl_mean (averaged over ranks). Ranks hold identical weights (the worker
+    checks), and the models' own randomness comes from a per-rank stream. For the comparison the noise
+    inputs are const and style mixing is off: random ones are drawn per rank, so a sample's noise depends
+    on the rank that draws it (as in the reference). w_avg is left out: it is rank 0's running mean of its
+    own ws (DDP broadcasts rank 0's buffers; the reference saves rank 0's too), and it only enters sampling."""
+    from equivalence import GRAD_ATOL, GRAD_RTOL, tolerance
+    from test_distributed import _assert_close, _states
 
-    model = [f"model.{k}={v}" for k, v in STYLEGAN2_TINY.items()]
-    state = _states(digits16, tmp_path, 2, "ddp", 8, steps=3, extra=[*model, "test.distinct_model_rng=1"])
-    assert "synthesis_net.blocks.16.conv1.noise_strength" in state["G"]
-    assert all(torch.isfinite(v).all() for v in state["G"].values())
+    extra = [*(f"model.{k}={v}" for k, v in STYLEGAN2_TINY.items()), "model.style_mixing=0",
+             "loss.pl.weight=2", "loss.pl.interval=2", "test.const_noise=1"]
+    one = _states(digits16, tmp_path / "one", 1, "single", 16, extra=extra)
+    ddp = _states(digits16, tmp_path / "ddp", 2, "ddp", 8, extra=[*extra, "test.distinct_model_rng=1"])
+    zero2 = _states(digits16, tmp_path / "zero2", 2, "deepspeed", 8, extra=[*extra, "engine.zero_stage=2"])
+    assert "synthesis_net.blocks.16.conv1.noise_strength" in one["G"]
+    n_w = 6 * 8  # num_ws x w_dim of the tiny G: the length is the norm of a gradient over n_w values
+    for state in (ddp, zero2):
+        assert state["pl_mean"] > 0
+        bound = GRAD_ATOL * math.sqrt(n_w) + GRAD_RTOL * float(one["pl_mean"]) + tolerance(state["steps"])[0]
+        assert abs(float(state["pl_mean"]) - float(one["pl_mean"])) <= bound
+        for net in ("G", "G_ema"):
+            w_avg = state[net].pop("mapping_net.w_avg")
+            assert torch.isfinite(w_avg).all() and w_avg.abs().sum() > 0
+            one[net].pop("mapping_net.w_avg", None)
+        _assert_close(state, one)

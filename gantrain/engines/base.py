@@ -33,6 +33,13 @@ class Net:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
+    @property
+    def for_double_backward(self) -> nn.Module:
+        """What a loss calls forward on when it takes an input gradient of an intermediate result inside
+        this network (path length: d images / d ws) and then backpropagates it: `module` unless the
+        wrapper's hooks break on that inner autograd.grad."""
+        return self.module
+
     def no_sync(self) -> contextlib.AbstractContextManager:
         """Context for micro-batches before the last one: accumulate locally, reduce nothing yet."""
         return contextlib.nullcontext()

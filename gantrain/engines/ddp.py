@@ -66,9 +66,10 @@ class DDPEngine(Engine):
         gc.collect()
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.to(self.device).clone()
+        shape = tensor.shape  # reduced as 1-d: DeepSpeed's CPU all-reduce cannot take a 0-d tensor
+        tensor = tensor.to(self.device).clone().reshape(-1)
         dist.all_reduce(tensor)
-        return (tensor / self.world_size).cpu()
+        return (tensor / self.world_size).reshape(shape).cpu()
 
     def any(self, flag: bool) -> bool:
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)

@@ -38,6 +38,12 @@ class DeepSpeedNet(Net):
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)  # the loop already divided by the micro-batch count
 
+    @property
+    def for_double_backward(self) -> nn.Module:
+        """The unwrapped module: DeepSpeed's hooks on its engine's forward outputs also run on an inner
+        autograd.grad (ZeRO-2: IndexError in reduce_ipg_grads). Its parameter hooks still see the backward."""
+        return self.raw
+
     def step(self) -> tuple[bool, torch.Tensor]:
         """step() is the accumulation boundary: reduce, update. Nothing is loss-scaled under DeepSpeed
         here (fp16 is refused), so no step is ever skipped."""

@@ -25,7 +25,8 @@ class DataSpec:
 
 class Generator(nn.Module):
     """Style-based generators also expose `mapping(z, c) -> w`, `synthesis(w) -> images` and a `w_avg`
-    buffer; the sampling tools then interpolate and truncate in w instead of z (gantrain.visual)."""
+    buffer; the sampling tools then interpolate and truncate in w instead of z (gantrain.visual), and
+    `forward(z, c, return_ws=True)` returns (images, ws) for path-length regularization."""
 
     z_dim: int
     num_classes: int  # 0: unconditional

@@ -189,7 +189,8 @@ class SynthesisLayer(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         if use_noise:
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
-            self.noise_strength = nn.Parameter(torch.zeros([]))
+            # [1], not the reference's 0-d scalar: DeepSpeed's CPU broadcast cannot view a 0-d tensor as bytes
+            self.noise_strength = nn.Parameter(torch.zeros(1))
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", gain: float = 1) -> torch.Tensor:
@@ -349,14 +350,17 @@ class StyleGAN2Generator(Generator):
     def synthesis(self, ws: torch.Tensor, noise_mode: str | None = None) -> torch.Tensor:
         return self.synthesis_net(ws, noise_mode or self.noise_mode)
 
-    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, return_ws: bool = False):
+        """Images; with RETURN_WS also the ws [N, num_ws, w_dim] they were synthesized from (after style
+        mixing), for regularizers that differentiate with respect to them (path length)."""
         ws = self.mapping(z, c)
         if self.training and self.style_mixing > 0 and self.num_ws > 1:
             cutoff = int(torch.randint(1, self.num_ws, ()))
             if float(torch.rand(())) < self.style_mixing:
                 ws = torch.cat([ws[:, :cutoff], self.mapping(torch.randn_like(z), c, update_w_avg=False)[:, cutoff:]],
                                dim=1)
-        return self.synthesis(ws)
+        img = self.synthesis(ws)
+        return (img, ws) if return_ws else img
 
 
 class DiscriminatorBlock(nn.Module):

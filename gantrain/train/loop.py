@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 import os
 import random
 import signal
@@ -67,6 +68,8 @@ class Phase:
     net: str  # "G" or "D": the network this phase trains
     interval: int  # in D steps for D phases, in G steps for G phases
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    shrink: int = 1  # the phase's latents: the first 1/shrink of the global batch's
+    after: Callable[[], None] | None = None  # once the phase's micro-batches are done (running statistics)
 
 
 def _unused(out: DOutput) -> torch.Tensor:
@@ -140,6 +143,9 @@ def resolve(cfg: Config, manifest: Manifest | None, world_size: int) -> Config:
                 raise ConfigError("model.minibatch_group", f"{group} does not divide the micro-batch of {micro} "
                                   f"images (global batch {batch} over {world_size} ranks)")
     if manifest is None:  # a toy problem: samples are vectors
+        if cfg.loss.r1.weight == "auto":
+            raise ConfigError("loss.r1.weight", "auto is computed from the image resolution; toy problems need a "
+                              "number")
         micro, _ = cfg.train.accumulation(world_size)
         return cfg.replace(train=dataclasses.replace(cfg.train, micro_batch=micro)).validate()
     resolution = cfg.model.resolution or manifest.resolution
@@ -154,7 +160,15 @@ def resolve(cfg: Config, manifest: Manifest | None, world_size: int) -> Config:
     micro, _ = cfg.train.accumulation(world_size)
     if cfg.progressive.enabled:
         micro = cfg.train.micro_batch  # None: each stage's per-rank batch
-    return cfg.replace(model=dataclasses.replace(cfg.model, resolution=resolution),
+    loss = cfg.loss
+    if loss.r1.weight == "auto":  # StyleGAN2-ADA's heuristic (train.py, cfg 'auto'), for the global batch
+        gamma = 0.0002 * resolution ** 2 / cfg.train.batch
+        log.info("loss.r1.weight auto: gamma = 0.0002 * %d^2 / %d = %.6g", resolution, cfg.train.batch, gamma)
+        loss = dataclasses.replace(loss, r1=dataclasses.replace(loss.r1, weight=gamma))
+    if loss.pl.weight and micro and micro % loss.pl.batch_shrink:
+        raise ConfigError("loss.pl.batch_shrink", f"{loss.pl.batch_shrink} does not divide the micro-batch of "
+                          f"{micro} images (global batch {cfg.train.batch} over {world_size} ranks)")
+    return cfg.replace(model=dataclasses.replace(cfg.model, resolution=resolution), loss=loss,
                        train=dataclasses.replace(cfg.train, micro_batch=micro)).validate()
 
 
@@ -215,12 +229,25 @@ class Trainer:
         self.phases += [Phase(f"D{name}", "D", reg.interval, functools.partial(self._d_reg, name))
                         for name, reg in lazy.items()]
         self.phases.append(Phase("Gmain", "G", 1, self._g_main))
+        # Path length: a lazy G phase, so G's lr and betas are scaled like D's. Its running mean of the lengths
+        # is training state, averaged over ranks and micro-batches (the reference keeps one per GPU).
+        self.g_ratio = 1.0
+        self.pl_mean = torch.zeros((), device=self.device)
+        self._pl_sum = torch.zeros((), device=self.device)
+        self._pl_noises: list[torch.Tensor] = []
+        self.phase_seed = 0  # the current phase's seed before the rank is added (rank-independent draws)
+        if L.pl.weight:
+            if not callable(getattr(G, "mapping", None)):
+                raise ConfigError("loss.pl.weight", f"path-length regularization needs a style-based generator "
+                                  f"(mapping/synthesis, e.g. model.name=stylegan2), not '{cfg.model.name}'")
+            self.g_ratio = L.pl.interval / (L.pl.interval + 1)
+            self.phases.append(Phase("Gpl", "G", L.pl.interval, self._g_pl, L.pl.batch_shrink, self._pl_update))
         # Randomness inside the losses (interpolation weights, instance noise): a device generator reseeded
         # from the checkpointed one at every phase, different per rank. Randomness inside a stochastic G
         # (a style-based G's noise inputs and style mixing) comes from torch's default generators, reseeded
         # the same way: otherwise every rank, seeded alike for identical initial weights, would draw the
         # same noise maps for its different samples.
-        self.needs_rand = "gp" in penalties or L.instance_noise.std > 0 or G.stochastic
+        self.needs_rand = "gp" in penalties or L.instance_noise.std > 0 or G.stochastic or L.pl.weight > 0
         self.rand = torch.Generator(device=self.device)
         if "gp" in penalties and cfg.model.norm == "batch" and cfg.model.name == "dcgan":
             log.warning("loss.gp with batch norm in D: the penalty is per sample but batch norm couples the "
@@ -297,7 +324,7 @@ class Trainer:
                 self.engine.release(net)
         # requires_grad on: a wrapper refuses a module it sees frozen (the last phase froze one of them).
         self.G = self.engine.setup(_view(self.G_model).requires_grad_(True),
-                                   lambda params: make_optimizer(o, params, stage.g_lr * scale))
+                                   lambda params: make_optimizer(o, params, stage.g_lr * scale, self.g_ratio))
         self.D = self.engine.setup(_view(self.D_model).requires_grad_(True),
                                    lambda params: make_optimizer(o, params, stage.d_lr * scale, self.ratio))
         for name, by_name in saved.items():
@@ -397,6 +424,42 @@ class Trainer:
             loss = loss + ortho * (L.ortho.weight * L.ortho.interval)
         return loss
 
+    def _g_pl(self, real, real_c, z, c) -> torch.Tensor:
+        """Path-length regularization (StyleGAN2): lengths of J_w^T y for random image-space directions y,
+        pulled towards their running mean. The double backward goes through the wrapped G under DDP (whose
+        reducer needs its forward), through the plain module under DeepSpeed (Net.for_double_backward)."""
+        pl = self.cfg.loss.pl
+        img, ws = self.G.for_double_backward(z, c, return_ws=True)
+        noise = self._pl_noise(img) / math.sqrt(img.shape[2] * img.shape[3])
+        lengths = losses.path_lengths(img, ws, noise, self.G.loss_scale())
+        self._pl_sum += lengths.detach().mean() / self.accum
+        penalty = losses.path_length_penalty(lengths, self.pl_mean)
+        self.stats.add("Loss/PL", penalty)
+        self.stats.add("PL/length", lengths.detach())
+        # img * 0: every output of the wrapped G enters the loss, as with a wrapped D (_unused)
+        return penalty.mean() * (pl.weight * pl.interval) + img[:, 0, 0, 0].float().sum() * 0
+
+    def _pl_noise(self, img: torch.Tensor) -> torch.Tensor:
+        """This micro-batch's random directions y, cut from one draw for the phase's whole global batch (the
+        same on every rank), so the penalty does not depend on how the batch is split."""
+        if not self._pl_noises:
+            micro = img.shape[0]
+            per_rank = micro * self.accum
+            rand = torch.Generator(device=self.device).manual_seed(self.phase_seed)
+            every = torch.randn((per_rank * self.engine.world_size, *img.shape[1:]), generator=rand,
+                                device=self.device)
+            self._pl_noises = list(every[self.engine.rank * per_rank:][:per_rank].split(micro))[::-1]
+        return self._pl_noises.pop().to(img.dtype)
+
+    def _pl_update(self) -> None:
+        """The running mean moves towards this phase's mean length over every rank and micro-batch."""
+        mean = self.engine.all_reduce_mean(self._pl_sum.clone()).to(self.device)
+        self._pl_sum.zero_()
+        self._pl_noises = []
+        if torch.isfinite(mean):  # a non-finite phase is skipped; the mean stays
+            self.pl_mean.lerp_(mean, self.cfg.loss.pl.decay)
+        self.stats.add("PL/mean", self.pl_mean.detach().clone())
+
     def _noisy(self, x: torch.Tensor) -> torch.Tensor:
         """Instance noise on a D input, its std annealed linearly over instance_noise.anneal_kimg."""
         noise = self.cfg.loss.instance_noise
@@ -405,24 +468,28 @@ class Trainer:
             return x
         return x + std * torch.randn(x.shape, generator=self.rand, device=x.device, dtype=x.dtype)
 
-    def _latents(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...]]:
+    def _latents(self, shrink: int = 1) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...]]:
         """This rank's slice of latents (and fake labels) drawn for the whole global batch, split into
-        micro-batches: accumulation and data parallelism see exactly what one large batch would."""
-        batch, per_rank = self.stage.batch, self.micro * self.accum
+        micro-batches: accumulation and data parallelism see exactly what one large batch would. SHRINK > 1:
+        the first 1/SHRINK of the global batch's latents (resolve() checked that it divides the micro-batch)."""
+        batch = self.stage.batch
+        micro = self.micro // shrink
+        per_rank = micro * self.accum
         mine = slice(self.engine.rank * per_rank, (self.engine.rank + 1) * per_rank)
-        z = torch.randn(batch, self.G_model.z_dim, generator=self.gen)[mine].to(self.device)
+        z = torch.randn(batch, self.G_model.z_dim, generator=self.gen)[:batch // shrink][mine].to(self.device)
         if not self.G_model.num_classes:
-            return z.split(self.micro), (None,) * self.accum
-        c = torch.randint(self.G_model.num_classes, (batch,), generator=self.gen)[mine].to(self.device)
-        return z.split(self.micro), c.split(self.micro)
+            return z.split(micro), (None,) * self.accum
+        c = torch.randint(self.G_model.num_classes, (batch,), generator=self.gen)[:batch // shrink][mine]
+        return z.split(micro), c.to(self.device).split(micro)
 
     def _run_phase(self, phase: Phase, reals: list[torch.Tensor], labels: list[torch.Tensor]) -> bool:
         trained = self.G if phase.net == "G" else self.D
         for net in (self.G, self.D):  # a frozen D in the G phase keeps G's gradients out of D
             net.raw.requires_grad_(net is trained)
-        zs, cs = self._latents()
+        zs, cs = self._latents(phase.shrink)
         if self.needs_rand:
-            seed = int(torch.randint(2 ** 62, (1,), generator=self.gen)) + self.engine.rank
+            self.phase_seed = int(torch.randint(2 ** 62, (1,), generator=self.gen))
+            seed = self.phase_seed + self.engine.rank
             self.rand.manual_seed(seed)
             torch.manual_seed(seed)
         for i in range(self.accum):
@@ -431,6 +498,8 @@ class Trainer:
                 with self.engine.autocast():
                     loss = phase.loss(reals[i], labels[i], zs[i], cs[i])
                 trained.backward(loss / self.accum)
+        if phase.after is not None:
+            phase.after()
         applied, norm = trained.step()
         if trained is self.D and self.cfg.loss.clip:  # WGAN: the critic's weights stay in [-c, c]
             with torch.no_grad():
@@ -538,6 +607,7 @@ class Trainer:
             },
             "data": self.engine.gather(self.loader.state_dict()),  # one cursor per rank
             "eval": {"best": self.best},  # best figure so far: {figure, value, nimg} or None
+            "pl_mean": self.pl_mean.detach().cpu().clone(),  # path length's running mean (0 without it)
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -558,6 +628,8 @@ class Trainer:
         np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                              n["cached"]))
         random.setstate(rng["python"])
+        if "pl_mean" in state:
+            self.pl_mean.copy_(state["pl_mean"])
 
     def snapshot(self) -> Path | None:
         """Collective (every rank contributes its data cursor); rank 0 writes."""
