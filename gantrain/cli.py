@@ -156,20 +156,94 @@ def _image_generator(path: str):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
     from gantrain.sampling import latents, make_grid, save_png
-    from gantrain.visual import render
+    from gantrain.visual import render, seed_latents
 
     G = _image_generator(args.checkpoint)
     _check_class(G, args.class_index)
-    cols = args.cols or math.ceil(math.sqrt(args.n))
-    z, c = latents(args.n, G, args.seed, rows=math.ceil(args.n / cols), class_index=args.class_index)
-    images = [render(G, z[i:i + 64], None if c is None else c[i:i + 64], args.truncation)
-              for i in range(0, args.n, 64)]
-    import torch
-
-    save_png(make_grid(torch.cat(images), cols), args.out, scale=_scale(args))
-    print(f"wrote {args.n} samples to {args.out}")
+    cutoff, noise_mode = _style_options(G, args)
+    seeds = _ints(args.seeds, "--seeds") if args.seeds else None
+    n = len(seeds) if seeds else args.n
+    cols = args.cols or math.ceil(math.sqrt(n))
+    if seeds:
+        if G.num_classes and args.class_index is None:
+            raise config_mod.ConfigError("--class", "a conditional model needs --class with --seeds")
+        z, c = seed_latents(G, seeds, args.class_index)
+    else:
+        z, c = latents(n, G, args.seed, rows=math.ceil(n / cols), class_index=args.class_index)
+    torch.manual_seed(args.seed)  # noise_mode random: reproducible too
+    images = torch.cat([render(G, z[i:i + 64], None if c is None else c[i:i + 64], args.truncation, cutoff=cutoff,
+                               noise_mode=noise_mode) for i in range(0, n, 64)])
+    if seeds and Path(args.out).suffix.lower() != ".png":  # a directory: one image per seed
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for seed, image in zip(seeds, images):
+            save_png(image, out / f"seed{seed:04d}.png", scale=_scale(args))
+        print(f"wrote {n} images (seed{seeds[0]:04d}.png ...) to {out}")
+        return 0
+    save_png(make_grid(images, cols), args.out, scale=_scale(args))
+    print(f"wrote {n} samples to {args.out}")
     return 0
+
+
+def _style_options(G, args: argparse.Namespace) -> tuple[int | None, str | None]:
+    """--cutoff and --noise-mode: checked against a style-based G (the others have neither)."""
+    from gantrain.visual import style_based
+
+    cutoff = getattr(args, "cutoff", None)
+    if not style_based(G):
+        if cutoff is not None:
+            raise config_mod.ConfigError("--cutoff", "needs a style-based generator (truncation in w per layer)")
+        return None, None
+    if cutoff is not None and not 0 <= cutoff <= G.num_ws:
+        raise config_mod.ConfigError("--cutoff", f"{cutoff} is not a layer count of this G (0..{G.num_ws})")
+    return cutoff, args.noise_mode
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    """'0-63', '85,100' or '0-3,10' -> integers (ranges inclusive, as the reference's scripts read them)."""
+    out = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            lo, sep, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
+            out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except ValueError:
+        raise config_mod.ConfigError(flag, f"expected integers and ranges like 0-63,100, got '{text}'") from None
+    if not out:
+        raise config_mod.ConfigError(flag, f"no values in '{text}'")
+    return out
+
+
+def cmd_style_mix(args: argparse.Namespace) -> int:
+    from gantrain.sampling import save_png
+    from gantrain.visual import style_based, style_mix_grid
+
+    G = _image_generator(args.checkpoint)
+    if not style_based(G):
+        raise config_mod.ConfigError("checkpoint", f"{args.checkpoint}: style mixing needs a style-based generator "
+                                     "(model.name=stylegan2)")
+    _check_class(G, args.class_index)
+    if G.num_classes and args.class_index is None:
+        raise config_mod.ConfigError("--class", "a conditional model needs --class")
+    cutoff, noise_mode = _style_options(G, args)
+    styles = _ints(args.styles, "--styles")
+    bad = [s for s in styles if not 0 <= s < G.num_ws]
+    if bad:
+        raise config_mod.ConfigError("--styles", f"{bad[0]} is not a layer of this G (0..{G.num_ws - 1})")
+    rows, cols = _ints(args.rows, "--rows"), _ints(args.cols, "--cols")
+    grid = style_mix_grid(G, rows, cols, styles, args.truncation, cutoff, noise_mode, args.class_index)
+    save_png(grid, args.out, scale=_scale(args))
+    print(f"wrote a {len(rows)} x {len(cols)} style-mixing grid (styles {args.styles} from the columns) to {args.out}")
+    return 0
+
+
+def _style_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cutoff", type=int, help="style-based G: truncate only the first N layers' ws (coarse styles)")
+    p.add_argument("--noise-mode", choices=("const", "random", "none"), default="const",
+                   help="style-based G: noise inputs fixed (const, the default: reproducible), drawn from --seed "
+                   "(random), or off (none)")
 
 
 def cmd_truncation(args: argparse.Namespace) -> int:
@@ -179,7 +253,9 @@ def cmd_truncation(args: argparse.Namespace) -> int:
     G = _image_generator(args.checkpoint)
     _check_class(G, args.class_index)
     psis = _floats(args.psi, "--psi")
-    save_png(truncation_sweep(G, psis, args.rows, args.seed, args.class_index, scale=_scale(args)), args.out)
+    cutoff, noise_mode = _style_options(G, args)
+    save_png(truncation_sweep(G, psis, args.rows, args.seed, args.class_index, scale=_scale(args), cutoff=cutoff,
+                              noise_mode=noise_mode), args.out)
     print(f"wrote a {args.rows} x {len(psis)} truncation sweep (psi {', '.join(map(str, psis))}) to {args.out}")
     return 0
 
@@ -204,7 +280,9 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         raise config_mod.ConfigError("--out", f"{args.out}: use a .gif or .mp4 file name")
     G = _image_generator(args.checkpoint)
     _check_class(G, args.class_index)
-    frames = interpolation_frames(G, args.n, args.keyframes, args.steps, args.seed, args.class_index, args.truncation)
+    cutoff, noise_mode = _style_options(G, args)
+    frames = interpolation_frames(G, args.n, args.keyframes, args.steps, args.seed, args.class_index, args.truncation,
+                                  cutoff, noise_mode)
     write_animation(frames, args.out, fps=args.fps, scale=_scale(args))
     print(f"wrote {len(frames)} frames ({args.keyframes} keyframes x {args.steps} steps, {args.n} walks) to {args.out}")
     return 0
@@ -518,8 +596,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_index", type=int, help="class for every sample (conditional models; "
                    "default: one class per row)")
     p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1: none)")
+    p.add_argument("--seeds", help="one image per seed, e.g. 0-63 or 85,100: the same image for a seed on every "
+                   "machine; --out DIR writes seedNNNN.png files, --out FILE.png a grid")
+    _style_arguments(p)
     p.add_argument("--scale", type=int, default=1, help="enlarge every image N times (nearest neighbour)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("style-mix", help="the style-mixing figure of a style-based G: row seeds' images with the "
+                       "column seeds' styles at the given layers")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--rows", required=True, help="row seeds, e.g. 85,100,75")
+    p.add_argument("--cols", required=True, help="column seeds, e.g. 55,821,1789")
+    p.add_argument("--styles", default="0-6", help="layers (ws) taken from the column seeds: 0-3 coarse, "
+                   "4-7 middle, the rest fine")
+    p.add_argument("--truncation", type=float, default=1.0)
+    p.add_argument("--class", dest="class_index", type=int)
+    _style_arguments(p)
+    p.add_argument("--scale", type=int, default=1, help="enlarge every image N times (nearest neighbour)")
+    p.set_defaults(func=cmd_style_mix)
 
     p = sub.add_parser("truncation", help="grid of samples, one column per truncation psi")
     p.add_argument("checkpoint")
@@ -530,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_index", type=int)
     p.add_argument("--scale", type=int, help="enlarge every image N times (nearest neighbour); default: enough "
                    "for the psi labels to fit")
+    _style_arguments(p)
     p.set_defaults(func=cmd_truncation)
 
     p = sub.add_parser("interpolate", help="latent walk as an animated .gif or .mp4")
@@ -543,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class", dest="class_index", type=int)
     p.add_argument("--truncation", type=float, default=1.0)
+    _style_arguments(p)
     p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("montage", help="training progress: the fixed-latent grids of a run, one row per snapshot")

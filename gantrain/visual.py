@@ -39,15 +39,27 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return direction * ((1 - t) * na + t * nb)
 
 
+def truncate(G: Generator, w: torch.Tensor, psi: float, cutoff: int | None = None) -> torch.Tensor:
+    """W pulled towards G.w_avg by PSI; with CUTOFF only the first CUTOFF layers' ws (the coarse styles) are,
+    the later layers keep theirs. W is [N, w_dim] (every layer) or [N, num_ws, w_dim]."""
+    if psi == 1:
+        return w
+    if cutoff is None:
+        return G.w_avg + psi * (w - G.w_avg)
+    if w.dim() == 2:
+        w = w.unsqueeze(1).repeat(1, G.num_ws, 1)
+    return torch.cat([G.w_avg + psi * (w[:, :cutoff] - G.w_avg), w[:, cutoff:]], dim=1)
+
+
 @torch.no_grad()
 def render(G: Generator, z: torch.Tensor, c: torch.Tensor | None, psi: float = 1.0, resolution: int | None = None,
-           w: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 images of latents Z (or ready-made W for a style-based G), truncated by PSI."""
+           w: torch.Tensor | None = None, cutoff: int | None = None, noise_mode: str | None = None) -> torch.Tensor:
+    """uint8 images of latents Z (or ready-made W for a style-based G), truncated by PSI (in w up to layer
+    CUTOFF for a style-based G, in z otherwise); NOISE_MODE (random, const, none) for G's noise inputs,
+    None: the model's own."""
     if style_based(G):
-        w = G.mapping(z, c) if w is None else w
-        if psi != 1:
-            w = G.w_avg + psi * (w - G.w_avg)
-        images = G.synthesis(w)
+        w = truncate(G, G.mapping(z, c) if w is None else w, psi, cutoff)
+        images = G.synthesis(w, noise_mode) if noise_mode else G.synthesis(w)
     else:
         images = G(z * psi, c)
     if resolution and images.shape[-1] != resolution:
@@ -56,7 +68,8 @@ def render(G: Generator, z: torch.Tensor, c: torch.Tensor | None, psi: float = 1
 
 
 def truncation_sweep(G: Generator, psis: list[float], rows: int, seed: int, class_index: int | None = None,
-                     resolution: int | None = None, scale: int | None = None) -> torch.Tensor:
+                     resolution: int | None = None, scale: int | None = None, cutoff: int | None = None,
+                     noise_mode: str | None = None) -> torch.Tensor:
     """A grid: one row per latent (seeded), one column per psi, enlarged SCALE times (nearest; None: just
     enough for the labels to fit), each column labelled with its psi on a strip above."""
     device = next(G.parameters()).device
@@ -67,10 +80,44 @@ def truncation_sweep(G: Generator, psis: list[float], rows: int, seed: int, clas
         c = torch.full((rows,), class_index, dtype=torch.int64) if class_index is not None \
             else torch.randint(0, G.num_classes, (rows,), generator=gen)
     z, c = z.to(device), None if c is None else c.to(device)
-    columns = torch.stack([render(G, z, c, psi, resolution) for psi in psis], dim=1)  # [rows, psis, C, H, W]
+    columns = torch.stack([render(G, z, c, psi, resolution, cutoff=cutoff, noise_mode=noise_mode)
+                           for psi in psis], dim=1)  # [rows, psis, C, H, W]
     scale = label_scale(columns.shape[-1]) if scale is None else scale
     grid = upscale(make_grid(columns.flatten(0, 1), len(psis)), scale)
     return label_columns(grid, [f"psi {p:g}" for p in psis], short=[f"{p:g}" for p in psis])
+
+
+def seed_latents(G: Generator, seeds: list[int], class_index: int | None = None,
+                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One latent per seed, each from its own generator: seed S gives the same z (and image) whatever the
+    other seeds, the order or the machine. A conditional G gets CLASS_INDEX for every seed."""
+    z = torch.cat([torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    c = torch.full((len(seeds),), class_index, dtype=torch.int64) if G.num_classes else None
+    return z.to(device), None if c is None else c.to(device)
+
+
+@torch.no_grad()
+def style_mix_grid(G: Generator, row_seeds: list[int], col_seeds: list[int], styles: list[int], psi: float = 1.0,
+                   cutoff: int | None = None, noise_mode: str = "const",
+                   class_index: int | None = None) -> torch.Tensor:
+    """The reference's style-mixing figure: the column seeds' images along the top, the row seeds' down the
+    left, and at (row, col) the row's ws with the STYLES layers taken from the column's."""
+    seeds = list(dict.fromkeys(row_seeds + col_seeds))
+    z, c = seed_latents(G, seeds, class_index, next(G.parameters()).device)
+    ws = dict(zip(seeds, truncate(G, G.mapping(z, c), psi, cutoff)))
+    cells = []
+    for row in row_seeds:
+        for col in col_seeds:
+            w = ws[row].clone()
+            w[styles] = ws[col][styles]
+            cells.append(w)
+    ws_all = torch.stack([ws[s] for s in col_seeds] + [ws[s] for s in row_seeds] + cells)
+    images = to_uint8(torch.cat([G.synthesis(chunk, noise_mode) for chunk in ws_all.split(64)]).float().cpu())
+    top, left, mixed = images.split([len(col_seeds), len(row_seeds), len(cells)])
+    corner = torch.full_like(top[:1], 255)  # white
+    rows = [torch.cat([corner, top])] + [torch.cat([left[i:i + 1], mixed[i * len(col_seeds):][:len(col_seeds)]])
+                                         for i in range(len(row_seeds))]
+    return make_grid(torch.cat(rows), len(col_seeds) + 1)
 
 
 def label_scale(cell: int, widest: int = 36) -> int:
@@ -79,7 +126,8 @@ def label_scale(cell: int, widest: int = 36) -> int:
 
 
 def interpolation_frames(G: Generator, n: int, keyframes: int, steps: int, seed: int,
-                         class_index: int | None = None, psi: float = 1.0) -> list[torch.Tensor]:
+                         class_index: int | None = None, psi: float = 1.0, cutoff: int | None = None,
+                         noise_mode: str | None = None) -> list[torch.Tensor]:
     """N parallel latent walks (shown as a grid) through KEYFRAMES random latents and back to the first,
     STEPS frames per leg: a seamless loop of keyframes * steps frames."""
     gen = torch.Generator().manual_seed(seed)
@@ -97,7 +145,8 @@ def interpolation_frames(G: Generator, n: int, keyframes: int, steps: int, seed:
             for step in range(steps):
                 t = step / steps
                 if ws is not None:
-                    images = render(G, keys[leg], c, psi, w=torch.lerp(ws[leg], ws[nxt], t))
+                    images = render(G, keys[leg], c, psi, w=torch.lerp(ws[leg], ws[nxt], t), cutoff=cutoff,
+                                    noise_mode=noise_mode)
                 else:
                     images = render(G, slerp(keys[leg], keys[nxt], t), c, psi)
                 frames.append(make_grid(images, cols))

@@ -2,6 +2,7 @@
 truncation, style mixing and the discriminator's conditioning, on real computations at tiny sizes."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,13 +14,14 @@ from gantrain.models.stylegan2 import (StyleGAN2Discriminator, StyleGAN2Generato
                                        conv2d_resample, downsample2d, fir_filter, modulated_conv2d, upsample2d)
 
 # Counted by instantiating NVlabs stylegan2-ada-pytorch's networks (3 channels, z_dim = w_dim = 512,
-# channel_max 512): (resolution, classes, channel_base, G mapping layers, D architecture) -> (G, D).
-# The reference's D mapping network (cifar's label embedding) keeps its default 8 layers.
+# channel_max 512): the preset file with those settings, its resolution and classes -> (G, D).
+# The reference's D mapping network (cifar's label embedding) keeps its default 8 layers, as ours does.
 REFERENCE = {
-    "paper256": ((256, 0, 16384, 8, "resnet"), (24_767_458, 24_001_089)),
-    "stylegan2": ((1024, 0, 32768, 8, "resnet"), (30_370_060, 29_012_513)),
-    "cifar": ((32, 10, 32768, 2, "orig"), (20_215_315, 23_089_664)),
+    "paper256": ("stylegan2-paper256.yaml", 256, 0, (24_767_458, 24_001_089)),
+    "stylegan2": ("stylegan2-1024.yaml", 1024, 0, (30_370_060, 29_012_513)),
+    "cifar": ("stylegan2-cifar.yaml", 32, 10, (20_215_315, 23_089_664)),
 }
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -28,11 +30,14 @@ def _count(module: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("preset", REFERENCE)
 def test_parameter_counts_equal_the_reference_networks(preset):
-    (resolution, classes, base, mapping_layers, architecture), (g_count, d_count) = REFERENCE[preset]
-    spec = DataSpec(resolution, 3, classes)
+    """The preset files build the reference's networks, parameter for parameter."""
+    from gantrain import config as config_mod
+    from gantrain import models
+
+    name, resolution, classes, (g_count, d_count) = REFERENCE[preset]
+    cfg = config_mod.load(CONFIGS / name)
     with torch.device("meta"):  # shapes only: config-f's 59 M parameters need no memory
-        G = StyleGAN2Generator(spec, 512, 512, mapping_layers, base, 512)
-        D = StyleGAN2Discriminator(spec, base, 512, architecture)
+        G, D = models.build(cfg.model, DataSpec(resolution, 3, classes))
     assert (_count(G), _count(D)) == (g_count, d_count)
     assert G.num_ws == 2 * int(math.log2(resolution)) - 2  # two convolutions per resolution above 4, + toRGB
 
@@ -75,6 +80,13 @@ def test_demodulated_kernels_have_unit_norm_and_a_layer_keeps_unit_scale_at_init
         else:
             energy += taps.square().sum([2, 3])
     assert torch.allclose(energy, torch.ones(n, cout), atol=1e-5)  # sum over inputs and taps: unit L2 norm
+    # the training path (modulate activations, shared kernel, demodulate outputs) is the same function as the
+    # grouped one, upsampling included: fp32 sums of 144 O(1) products in another order, ~1e-6
+    x, f = torch.randn(n, cin, 8, 8), fir_filter()
+    for up, demodulate in ((1, True), (2, True), (1, False)):
+        grouped = modulated_conv2d(x, weight, styles, f, up=up, padding=1, demodulate=demodulate)
+        batched = modulated_conv2d(x, weight, styles, f, up=up, padding=1, demodulate=demodulate, fused=False)
+        assert torch.allclose(grouped, batched, atol=1e-5), (up, demodulate)
     # unit-variance input, random w: pre-activations are N(0, 1) per pixel, so after LeakyReLU(0.2) x sqrt(2)
     # the second moment is 2 * (1 + 0.2^2) / 2 = 1.04 (noise strength and bias start at 0). Interior pixels
     # only (zero padding shrinks the border's); 8 x 64 x 30 x 30 samples: sampling error ~0.01, tolerance 0.06.
@@ -179,7 +191,7 @@ def test_path_lengths_of_a_linear_generator_equal_the_hand_computed_jacobian_pro
     img = torch.einsum("nlw,lwp->np", ws, A).view(n, *shape)
     y = torch.randn(n, *shape, dtype=torch.float64) / 3
     lengths = losses.path_lengths(img, ws, y)
-    by_hand = [math.sqrt(sum(float((A[l].detach() @ y[i].flatten()).square().sum()) for l in range(layers))
+    by_hand = [math.sqrt(sum(float((A[k].detach() @ y[i].flatten()).square().sum()) for k in range(layers))
                          / layers) for i in range(n)]
     assert torch.allclose(lengths.double(), torch.tensor(by_hand, dtype=torch.float64), rtol=1e-6)  # fp32 cast
     mean = torch.tensor(1.5)
@@ -231,7 +243,7 @@ STYLEGAN2_TINY = {"name": "stylegan2", "z_dim": 8, "w_dim": 8, "mapping_layers":
                   "max_channels": 8, "minibatch_group": 2}
 
 
-def test_stylegan2_trains_through_the_loop_resumes_exactly_and_samples(digits16, tmp_path):
+def test_stylegan2_trains_through_the_loop_resumes_exactly_and_samples(digits16, tmp_path, capsys):
     """model.name=stylegan2 in the one training loop (non-saturating loss with lazy R1, EMA, grids, the
     truncation sweep in w), a checkpoint resumed bit-exactly (w_avg included), and the sampling CLI."""
     from conftest import tiny_config
@@ -256,7 +268,48 @@ def test_stylegan2_trains_through_the_loop_resumes_exactly_and_samples(digits16,
     assert torch.equal(a["pl_mean"], b["pl_mean"]) and a["pl_mean"] > 0  # path length's running mean
     ckpt = str(checkpoint.list_checkpoints(tmp_path / "a")[-1])
     assert cli_main(["sample", ckpt, "--out", str(tmp_path / "s.png"), "--n", "4", "--truncation", "0.5"]) == 0
-    assert cli_main(["truncation", ckpt, "--out", str(tmp_path / "t.png"), "--rows", "2"]) == 0
+    assert cli_main(["truncation", ckpt, "--out", str(tmp_path / "t.png"), "--rows", "2", "--cutoff", "2"]) == 0
+    capsys.readouterr()
+    _sampling_tools(ckpt, tmp_path, capsys)
+
+
+def _png(path) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    return torch.from_numpy(np.array(Image.open(path))).long()
+
+
+def _sampling_tools(ckpt: str, tmp_path, capsys) -> None:
+    """`sample --seeds` (a seed's image does not depend on the other seeds or their order), `style-mix` (its
+    header row and column are the seeds' own images; all layers from the column seed give the column's
+    image) and their one-line errors."""
+    from gantrain.cli import main as cli_main
+
+    assert cli_main(["sample", ckpt, "--seeds", "3-5", "--out", str(tmp_path / "seeds")]) == 0
+    assert cli_main(["sample", ckpt, "--seeds", "9,5", "--out", str(tmp_path / "again")]) == 0
+    assert sorted(p.name for p in (tmp_path / "seeds").iterdir()) == ["seed0003.png", "seed0004.png", "seed0005.png"]
+    five, five_again = _png(tmp_path / "seeds" / "seed0005.png"), _png(tmp_path / "again" / "seed0005.png")
+    assert five.shape == (16, 16) and torch.equal(five, five_again)
+    assert not torch.equal(five, _png(tmp_path / "seeds" / "seed0004.png"))
+    # batched and single convolutions may round differently in the last bit: at most 1 of 255 after uint8
+    assert cli_main(["style-mix", ckpt, "--rows", "3,4", "--cols", "5", "--styles", "0-5",
+                     "--out", str(tmp_path / "mix.png")]) == 0
+    grid = _png(tmp_path / "mix.png")
+    assert grid.shape == (48, 32) and (grid[:16, :16] == 255).all()
+    cell = lambda r, c: grid[16 * r:16 * r + 16, 16 * c:16 * c + 16]  # noqa: E731
+    assert (cell(0, 1) - five).abs().max() <= 1 and (cell(1, 1) - five).abs().max() <= 1  # every layer from 5
+    assert (cell(1, 0) - _png(tmp_path / "seeds" / "seed0003.png")).abs().max() <= 1
+    assert cli_main(["style-mix", ckpt, "--rows", "3", "--cols", "4", "--styles", "0-1",
+                     "--out", str(tmp_path / "coarse.png")]) == 0
+    coarse = _png(tmp_path / "coarse.png")[16:, 16:]
+    assert not torch.equal(coarse, _png(tmp_path / "seeds" / "seed0003.png"))
+    assert cli_main(["style-mix", ckpt, "--rows", "3", "--cols", "4", "--styles", "6",
+                     "--out", str(tmp_path / "x.png")]) == 2
+    assert cli_main(["sample", ckpt, "--seeds", "a-b", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["gantrain: error: --styles: 6 is not a layer of this G (0..5)",
+                   "gantrain: error: --seeds: expected integers and ranges like 0-63,100, got 'a-b'"]
 
 
 @pytest.mark.distributed

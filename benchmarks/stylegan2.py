@@ -1,0 +1,132 @@
+"""StyleGAN2 training speed: img/s of full training steps and peak memory.
+
+A "step" is what the loop runs per global batch: D main every step, lazy R1 every 16 D steps, G main,
+path length every 4 G steps (batch_shrink 2), style mixing 0.9, EMA, through gantrain's Trainer. Each
+setting runs in its own process (so its peak memory is its own), fed decoded batches from memory (this
+measures the networks and the loop, not the reader), for 16 steps after 4 warm-up steps: the figure
+covers exactly one R1 phase and four path-length phases, as a long run averages them.
+
+On CPU the networks are narrowed (the settings below); on a GPU the reference's own settings are added:
+paper256 (256x256, batch 64) and config-f (1024x1024, batch 32). Published anchor: the reference runs
+StyleGAN2 at 256x256, batch 16, on one A100 at 12.53 s/kimg (StyleGAN3 repo, docs/configs.md).
+
+    python benchmarks/stylegan2.py [--steps 16] [--precisions fp32,bf16] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+# name -> (resolution, channel_base, max_channels, z = w dim, mapping layers, batch)
+CPU_SETTINGS = {
+    "cpu-preset-32": (32, 512, 128, 64, 2, 32),  # configs/stylegan2-cpu.yaml
+    "narrow-64": (64, 1024, 128, 128, 4, 16),
+    "narrow-256": (256, 2048, 128, 128, 4, 8),
+}
+GPU_SETTINGS = {
+    "paper256": (256, 16384, 512, 512, 8, 64),
+    "config-f-1024": (1024, 32768, 512, 512, 8, 32),
+}
+
+
+class InMemory:
+    """Random uint8 images of the right shape, batch after batch (stands in for Trainer.loader)."""
+
+    def __init__(self, batch: int, channels: int, resolution: int):
+        gen = torch.Generator().manual_seed(0)
+        self.images = torch.randint(0, 256, (batch, channels, resolution, resolution), generator=gen,
+                                    dtype=torch.uint8)
+        self.labels = torch.zeros(batch, dtype=torch.int64)
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images, self.labels
+
+    def close(self) -> None:
+        pass
+
+
+def one(name: str, precision: str, steps: int, data_root: Path) -> dict:
+    from gantrain import config as config_mod
+    from gantrain.data.pack import pack
+    from gantrain.data.sources import open_source
+    from gantrain.data.stream import read_manifest
+    from gantrain.engines.single import SingleEngine
+    from gantrain.train.loop import Trainer, resolve
+
+    resolution, base, cmax, zdim, mapping, batch = {**CPU_SETTINGS, **GPU_SETTINGS}[name]
+    data = data_root / f"digits-{resolution}"
+    if not (data / "manifest.json").exists():  # the manifest gives the resolution; the images come from memory
+        pack(open_source("digits"), data, resolution, shard_size=2000, progress=False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = config_mod.load(REPO / "configs" / "stylegan2-cpu.yaml", [
+        f"data.path={data}", "data.workers=0", "eval.metrics=none", f"model.channel_base={base}",
+        f"model.max_channels={cmax}", f"model.z_dim={zdim}", f"model.w_dim={zdim}", f"model.mapping_layers={mapping}",
+        f"train.batch={batch}", f"engine.precision={precision}", f"engine.device={device}", "log.progress=false"])
+    manifest = read_manifest(data)
+    cfg = resolve(cfg, manifest, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp), SingleEngine(device, precision), manifest=manifest)
+        trainer.loader.close()
+        trainer.loader = InMemory(batch, manifest.channels, resolution)
+        for _ in range(4):
+            trainer.train_step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    n_g = sum(p.numel() for p in trainer.G_model.parameters())
+    n_d = sum(p.numel() for p in trainer.D_model.parameters())
+    return {"name": name, "precision": precision, "device": device, "resolution": resolution, "batch": batch,
+            "params_G": n_g, "params_D": n_d, "img_per_sec": batch * steps / seconds,
+            "sec_per_kimg": seconds / (batch * steps) * 1000, "peak_mem_mb": peak,
+            "memory": "peak CUDA allocated" if device == "cuda" else "peak RSS of the process"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--only", help="one setting by name")
+    parser.add_argument("--one", nargs=2, metavar=("NAME", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument("--data-root", default=str(Path(tempfile.gettempdir()) / "gantrain-bench-data"))
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one[0], args.one[1], args.steps, Path(args.data_root))))
+        return
+    names = [args.only] if args.only else [*CPU_SETTINGS, *(GPU_SETTINGS if torch.cuda.is_available() else {})]
+    print(f"StyleGAN2 full training steps ({args.steps} after 4 warm-up; R1 every 16, path length every 4), "
+          f"{torch.get_num_threads()} torch threads")
+    print(f"{'setting':>14} {'prec':>5} {'res':>5} {'batch':>5} {'G params':>11} {'D params':>11} {'img/s':>8} "
+          f"{'s/kimg':>8} {'peak MiB':>9}")
+    for name in names:
+        for precision in args.precisions.split(","):
+            out = subprocess.run([sys.executable, __file__, "--one", name, precision, "--steps", str(args.steps),
+                                  "--data-root", args.data_root], capture_output=True, text=True, cwd=REPO)
+            if out.returncode:
+                print(f"{name:>14} {precision:>5}  failed: {out.stderr.strip().splitlines()[-1]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{name:>14} {precision:>5} {r['resolution']:>5} {r['batch']:>5} {r['params_G']:>11,} "
+                  f"{r['params_D']:>11,} {r['img_per_sec']:>8.1f} {r['sec_per_kimg']:>8.1f} {r['peak_mem_mb']:>9.0f}")
+    print("memory: peak CUDA allocated on a GPU, peak RSS of the process on CPU")
+
+
+if __name__ == "__main__":
+    main()
