@@ -106,6 +106,9 @@ class ModelConfig:
     conv_clamp: float | None = None  # clamp activations to +-conv_clamp (the reference: 256 with fp16)
     style_mixing: float = 0.9  # probability that a training sample switches to a second latent at a random layer
     minibatch_channels: int = 1  # statistics of D's minibatch stddev (the reference's mbstd_num_channels)
+    # With engine.precision fp16/bf16: only the blocks of the top N resolutions (not below 8x8) compute in
+    # it, the rest and D's epilogue in fp32 (the reference's num_fp16_res, 4); with fp32 it changes nothing.
+    num_fp16_res: int = 4
 
     def validate(self) -> None:
         from gantrain.models import MODELS
@@ -127,6 +130,7 @@ class ModelConfig:
         _check(self.conv_clamp is None or self.conv_clamp > 0, "model.conv_clamp",
                f"must be > 0 or null (got {self.conv_clamp})")
         _check(0 <= self.style_mixing <= 1, "model.style_mixing", f"must be in [0, 1] (got {self.style_mixing})")
+        _check(self.num_fp16_res >= 0, "model.num_fp16_res", f"must be >= 0 (got {self.num_fp16_res})")
         _check(self.minibatch_channels >= 1, "model.minibatch_channels",
                f"must be >= 1 (got {self.minibatch_channels})")
 

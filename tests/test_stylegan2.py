@@ -163,6 +163,35 @@ def test_style_mixing_switches_to_the_second_latent_at_the_crossover_layer():
     assert 1 <= cutoff < G.num_ws
 
 
+def test_only_the_top_resolutions_compute_in_the_engines_reduced_precision():
+    """num_fp16_res 2 at 64x64: under bf16 autocast G's 32 and 64 blocks and D's 64 and 32 blocks compute in
+    bf16; the mapping network, the lower blocks, D's epilogue and the image sum stay fp32; gradients reach
+    every parameter. Without autocast (engine.precision fp32) everything is fp32."""
+    spec = DataSpec(64, 3, 2)
+    torch.manual_seed(0)
+    G = StyleGAN2Generator(spec, 16, 16, 2, 256, 32, conv_clamp=256, num_fp16_res=2)
+    D = StyleGAN2Discriminator(spec, 256, 32, mbstd_group=2, conv_clamp=256, num_fp16_res=2)
+    seen = {}
+    for prefix, net in (("G.", G), ("D.", D)):
+        for name, module in net.named_modules():
+            if name.endswith("conv1") or name in ("mapping_net", "conv", "out"):
+                module.register_forward_hook(lambda m, i, o, key=prefix + name: seen.__setitem__(key, o.dtype))
+    z, c = torch.randn(4, 16), torch.tensor([0, 1, 0, 1])
+    with torch.autocast("cpu", torch.bfloat16):
+        img = G(z, c)
+        logits = D(img, c)
+    bf16 = {k for k, v in seen.items() if v == torch.bfloat16}
+    assert bf16 == {"G.synthesis_net.blocks.32.conv1", "G.synthesis_net.blocks.64.conv1", "D.blocks.0.conv1",
+                    "D.blocks.1.conv1"}, bf16
+    assert img.dtype == logits.dtype == torch.float32
+    (logits.sum() + img.square().mean()).backward()
+    for name, p in [*G.named_parameters(), *D.named_parameters()]:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    seen.clear()
+    D(G(z, c), c)
+    assert set(seen.values()) == {torch.float32}
+
+
 def test_discriminator_scores_features_and_projection_conditioning():
     _, D = _tiny()
     x = torch.randn(4, 3, 16, 16, requires_grad=True)

@@ -21,6 +21,7 @@ clamps activations as the reference does whenever it is set.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -232,10 +233,11 @@ class ToRGB(nn.Module):
 
 class SynthesisBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
-                 is_last: bool, architecture: str = "skip", conv_clamp: float | None = None):
+                 is_last: bool, architecture: str = "skip", conv_clamp: float | None = None, reduced: bool = False):
         super().__init__()
         self.in_channels, self.resolution, self.is_last, self.architecture = in_channels, resolution, is_last, \
             architecture
+        self.reduced = reduced  # computes in the engine's fp16/bf16 (the reference's use_fp16)
         self.register_buffer("resample_filter", fir_filter())
         self.num_conv = self.num_torgb = 0
         if in_channels == 0:
@@ -251,18 +253,35 @@ class SynthesisBlock(nn.Module):
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
                 noise_mode: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
-        w = iter(ws.unbind(dim=1))
-        if self.in_channels == 0:
-            x = self.const.to(ws.dtype).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
-        else:
-            x = self.conv0(x, next(w), noise_mode)
-        x = self.conv1(x, next(w), noise_mode)
-        if img is not None:
-            img = upsample2d(img, self.resample_filter)
-        if self.is_last or self.architecture == "skip":
-            y = self.torgb(x, next(w))
-            img = y if img is None else img + y
+        with precision(self.reduced, ws):
+            if not self.reduced:  # inputs that an earlier block or the mapping computed in fp16/bf16
+                ws, x = ws.float(), None if x is None else x.float()
+            w = iter(ws.unbind(dim=1))
+            if self.in_channels == 0:
+                x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+            else:
+                x = self.conv0(x, next(w), noise_mode)
+            x = self.conv1(x, next(w), noise_mode)
+            y = self.torgb(x, next(w)) if self.is_last or self.architecture == "skip" else None
+        if img is not None:  # the image sum stays fp32, as in the reference
+            with precision(False, img):
+                img = upsample2d(img.float(), self.resample_filter)
+        if y is not None:
+            img = y.float() if img is None else img + y.float()
         return x, img
+
+
+def fp16_from(img_resolution: int, num_fp16_res: int) -> int:
+    """The lowest resolution whose block computes in reduced precision: the top NUM_FP16_RES ones, never
+    below 8x8 (the reference's rule); 0 blocks: none."""
+    return max(2 ** (int(np.log2(img_resolution)) + 1 - num_fp16_res), 8) if num_fp16_res else img_resolution * 2
+
+
+def precision(reduced: bool, x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Inside a block: the engine's autocast as it is (fp16/bf16 or fp32) for a reduced-precision block,
+    autocast off for the others, so only the top resolutions compute in fp16/bf16 (and the model never
+    picks a dtype itself: with engine.precision fp32 everything is fp32)."""
+    return contextlib.nullcontext() if reduced else torch.autocast(x.device.type, enabled=False)
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -272,8 +291,9 @@ def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
 
 class SynthesisNetwork(nn.Module):
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
-                 channel_max: int = 512, conv_clamp: float | None = None):
+                 channel_max: int = 512, conv_clamp: float | None = None, num_fp16_res: int = 0):
         super().__init__()
+        reduced_from = fp16_from(img_resolution, num_fp16_res)
         self.w_dim, self.img_resolution = w_dim, img_resolution
         self.block_resolutions = [2 ** i for i in range(2, int(np.log2(img_resolution)) + 1)]
         self.num_ws = 0
@@ -281,7 +301,8 @@ class SynthesisNetwork(nn.Module):
         for res in self.block_resolutions:
             in_channels = channels_at(res // 2, channel_base, channel_max) if res > 4 else 0
             block = SynthesisBlock(in_channels, channels_at(res, channel_base, channel_max), w_dim, res,
-                                   img_channels, is_last=res == img_resolution, conv_clamp=conv_clamp)
+                                   img_channels, is_last=res == img_resolution, conv_clamp=conv_clamp,
+                                   reduced=res >= reduced_from)
             self.blocks[str(res)] = block
             self.num_ws += block.num_conv + (block.num_torgb if res == img_resolution else 0)
 
@@ -312,6 +333,11 @@ class MappingNetwork(nn.Module):
 
     def forward(self, z: torch.Tensor | None, c: torch.Tensor | None = None, psi: float = 1,
                 cutoff: int | None = None, update_w_avg: bool = True) -> torch.Tensor:
+        device = (z if z is not None else c).device
+        with torch.autocast(device.type, enabled=False):  # fp32 always, as in the reference
+            return self._forward(z, c, psi, cutoff, update_w_avg)
+
+    def _forward(self, z, c, psi, cutoff, update_w_avg) -> torch.Tensor:
         parts = []
         if self.z_dim:
             parts.append(normalize_2nd_moment(z.float()))
@@ -341,12 +367,12 @@ class StyleGAN2Generator(Generator):
 
     def __init__(self, spec: DataSpec, z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8,
                  channel_base: int = 32768, channel_max: int = 512, conv_clamp: float | None = None,
-                 style_mixing: float = 0.9, noise_mode: str = "random"):
+                 style_mixing: float = 0.9, noise_mode: str = "random", num_fp16_res: int = 0):
         super().__init__()
         self.z_dim, self.num_classes, self.w_dim = z_dim, spec.num_classes, w_dim
         self.style_mixing, self.noise_mode = style_mixing, noise_mode
         self.synthesis_net = SynthesisNetwork(w_dim, spec.resolution, spec.channels, channel_base, channel_max,
-                                              conv_clamp)
+                                              conv_clamp, num_fp16_res)
         self.num_ws = self.synthesis_net.num_ws
         self.mapping_net = MappingNetwork(z_dim, spec.num_classes, w_dim, self.num_ws, mapping_layers)
 
@@ -376,9 +402,9 @@ class StyleGAN2Generator(Generator):
 
 class DiscriminatorBlock(nn.Module):
     def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, img_channels: int,
-                 architecture: str = "resnet", conv_clamp: float | None = None):
+                 architecture: str = "resnet", conv_clamp: float | None = None, reduced: bool = False):
         super().__init__()
-        self.in_channels, self.architecture = in_channels, architecture
+        self.in_channels, self.architecture, self.reduced = in_channels, architecture, reduced
         if in_channels == 0 or architecture == "skip":
             self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp)
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
@@ -387,19 +413,23 @@ class DiscriminatorBlock(nn.Module):
             self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor) -> torch.Tensor:
-        if self.in_channels == 0 or self.architecture == "skip":
-            y = self.fromrgb(img)
-            x = y if x is None else x + y
-        if self.architecture == "resnet":
-            y = self.skip(x, gain=math.sqrt(0.5))
-            return y + self.conv1(self.conv0(x), gain=math.sqrt(0.5))
-        return self.conv1(self.conv0(x))
+        with precision(self.reduced, img):
+            if x is not None and not self.reduced:
+                x = x.float()
+            if self.in_channels == 0 or self.architecture == "skip":
+                y = self.fromrgb(img)
+                x = y if x is None else x + y
+            if self.architecture == "resnet":
+                y = self.skip(x, gain=math.sqrt(0.5))
+                return y + self.conv1(self.conv0(x), gain=math.sqrt(0.5))
+            return self.conv1(self.conv0(x))
 
 
 class StyleGAN2Discriminator(Discriminator):
     def __init__(self, spec: DataSpec, channel_base: int = 32768, channel_max: int = 512,
                  architecture: str = "resnet", mbstd_group: int = 4, mbstd_channels: int = 1,
-                 conv_clamp: float | None = None, cmap_dim: int | None = None, mapping_layers: int = 8):
+                 conv_clamp: float | None = None, cmap_dim: int | None = None, mapping_layers: int = 8,
+                 num_fp16_res: int = 0):
         super().__init__()
         if architecture not in ("resnet", "orig"):
             raise ValueError(f"model.d_architecture: resnet or orig (got {architecture!r})")
@@ -408,9 +438,10 @@ class StyleGAN2Discriminator(Discriminator):
         self.block_resolutions = [2 ** i for i in range(res_log2, 2, -1)]
         ch = {res: channels_at(res, channel_base, channel_max) for res in [*self.block_resolutions, 4]}
         self.cmap_dim = (ch[4] if cmap_dim is None else cmap_dim) if spec.num_classes else 0
+        reduced_from = fp16_from(spec.resolution, num_fp16_res)
         self.blocks = nn.ModuleList(
             DiscriminatorBlock(ch[res] if res < spec.resolution else 0, ch[res], ch[res // 2], spec.channels,
-                               architecture, conv_clamp) for res in self.block_resolutions)
+                               architecture, conv_clamp, res >= reduced_from) for res in self.block_resolutions)
         if spec.num_classes:
             self.mapping = MappingNetwork(0, spec.num_classes, self.cmap_dim, None, mapping_layers, w_avg_beta=None)
         self.mbstd = MinibatchStdDev(mbstd_group, mbstd_channels) if mbstd_channels else None
@@ -422,12 +453,14 @@ class StyleGAN2Discriminator(Discriminator):
         x = None
         for block in self.blocks:
             x = block(x, images)
-        if self.mbstd is not None:
-            x = self.mbstd(x)
-        hidden = self.fc(self.conv(x).flatten(1))
-        x = self.out(hidden)
-        if self.cmap_dim:
-            cmap = self.mapping(None, c)
-            x = (x * cmap).sum(dim=1, keepdim=True) / math.sqrt(self.cmap_dim)
+        with precision(False, images):  # the epilogue is fp32, as in the reference
+            x = x.float()
+            if self.mbstd is not None:
+                x = self.mbstd(x)
+            hidden = self.fc(self.conv(x).flatten(1))
+            x = self.out(hidden)
+            if self.cmap_dim:
+                cmap = self.mapping(None, c)
+                x = (x * cmap).sum(dim=1, keepdim=True) / math.sqrt(self.cmap_dim)
         logits = x.squeeze(1)
         return DOutput(logits, hidden, None) if features else logits
