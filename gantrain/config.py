@@ -111,12 +111,13 @@ class ModelConfig:
     num_fp16_res: int = 4
 
     def validate(self) -> None:
-        from gantrain.models import MODELS
+        from gantrain.models import FAMILY_KEYS, MODELS
 
         _check(self.name in MODELS, "model.name", f"unknown model '{self.name}' (known: {', '.join(MODELS)})")
         _check(self.z_dim > 0, "model.z_dim", f"must be > 0 (got {self.z_dim})")
         _check(self.channels > 0, "model.channels", f"must be > 0 (got {self.channels})")
-        _check(self.max_channels >= self.channels, "model.max_channels", "must be >= model.channels")
+        if "channels" in FAMILY_KEYS.get(self.name, ("channels",)):  # a family that reads model.channels
+            _check(self.max_channels >= self.channels, "model.max_channels", "must be >= model.channels")
         _check(self.depth >= 1, "model.depth", f"must be >= 1 (got {self.depth})")
         _check(self.minibatch_group >= 2, "model.minibatch_group", f"must be >= 2 (got {self.minibatch_group})")
         _check(self.minibatch_kernels >= 1, "model.minibatch_kernels",

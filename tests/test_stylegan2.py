@@ -272,29 +272,45 @@ STYLEGAN2_TINY = {"name": "stylegan2", "z_dim": 8, "w_dim": 8, "mapping_layers":
                   "max_channels": 8, "minibatch_group": 2}
 
 
-def test_stylegan2_trains_through_the_loop_resumes_exactly_and_samples(digits16, tmp_path, capsys):
-    """model.name=stylegan2 in the one training loop (non-saturating loss with lazy R1, EMA, grids, the
-    truncation sweep in w), a checkpoint resumed bit-exactly (w_avg included), and the sampling CLI."""
-    from conftest import tiny_config
+def test_cpu_preset_trains_through_the_cli_resumes_exactly_and_samples(digits16, tmp_path, capsys):
+    """configs/stylegan2-cpu.yaml through `gantrain train`, narrowed to a few milliseconds per step (the
+    recipe as in the file: lazy R1 with the auto gamma, path length, style mixing, EMA): TensorBoard has the
+    penalties and the grids; a run stopped halfway and resumed equals the straight run bit for bit (w_avg
+    and pl_mean included); then the sampling tools on its checkpoint."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from gantrain.cli import main as cli_main
     from gantrain.train import checkpoint
-    from gantrain.train.loop import run
 
-    sections = dict(model=STYLEGAN2_TINY, loss={"r1": {"weight": 0.1, "interval": 4}, "pl": {"weight": 2.0}},
-                    optim={"betas": [0.0, 0.99]}, log={"snapshot_kimg": 0.064})
-    straight = run(tiny_config(digits16, train={"kimg": 0.128}, **sections), tmp_path / "a")
-    run(tiny_config(digits16, train={"kimg": 0.064}, **sections), tmp_path / "b")
-    resumed = run(tiny_config(digits16, train={"kimg": 0.128}, **sections), tmp_path / "b", resume="auto")
-    assert straight["nimg"] == resumed["nimg"] == 128
+    narrow = [f"data.path={digits16}", "data.workers=0", "model.channel_base=64", "model.max_channels=8",
+              "model.z_dim=8", "model.w_dim=8", "model.minibatch_group=2", "train.batch=16", "loss.r1.interval=4",
+              "loss.pl.interval=2", "eval.metrics=none", "log.tick_kimg=0.032", "log.image_kimg=0.064",
+              "log.snapshot_kimg=0.064", "log.progress=false"]
+
+    def train(run_dir: str, kimg: float, *extra: str) -> None:
+        assert cli_main(["train", str(CONFIGS / "stylegan2-cpu.yaml"), "--run-dir", str(tmp_path / run_dir),
+                         *extra, *narrow, f"train.kimg={kimg}"]) == 0
+
+    train("a", 0.128)
+    train("b", 0.064)
+    train("b", 0.128, "--resume", "auto")
     a, b = (checkpoint.load(checkpoint.list_checkpoints(tmp_path / d)[-1]) for d in ("a", "b"))
-    for net in ("G_ema",):
-        assert a[net].keys() == b[net].keys() and "mapping_net.w_avg" in a[net]
-        for key in a[net]:
-            assert torch.equal(a[net][key], b[net][key]), key
+    assert a["counters"]["nimg"] == b["counters"]["nimg"] == 128
+    assert a["G_ema"].keys() == b["G_ema"].keys() and "mapping_net.w_avg" in a["G_ema"]
+    for net, state in (("G_ema", a["G_ema"]), ("G", a["G"]["model"]), ("D", a["D"]["model"])):
+        other = b[net] if net == "G_ema" else b[net]["model"]
+        for key in state:
+            assert torch.equal(state[key], other[key]), f"{net}.{key}"
     assert not torch.equal(a["G_ema"]["mapping_net.w_avg"], torch.zeros(8))  # tracked while training
-    for key, value in a["G"]["model"].items():
-        assert torch.equal(value, b["G"]["model"][key]), key
     assert torch.equal(a["pl_mean"], b["pl_mean"]) and a["pl_mean"] > 0  # path length's running mean
+    assert a["config"]["loss"]["r1"]["weight"] == pytest.approx(0.0002 * 16 ** 2 / 16)  # auto at 16x16, batch 16
+
+    acc = EventAccumulator(str(tmp_path / "a" / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"Loss/R1", "Loss/PL", "PL/mean", "PL/length", "GradNorm/Gpl", "GradNorm/Dr1"} <= scalars
+    assert [e.step for e in acc.Images("fakes")] == [0, 64, 128]
+
     ckpt = str(checkpoint.list_checkpoints(tmp_path / "a")[-1])
     assert cli_main(["sample", ckpt, "--out", str(tmp_path / "s.png"), "--n", "4", "--truncation", "0.5"]) == 0
     assert cli_main(["truncation", ckpt, "--out", str(tmp_path / "t.png"), "--rows", "2", "--cutoff", "2"]) == 0
