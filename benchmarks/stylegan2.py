@@ -99,16 +99,51 @@ def one(name: str, precision: str, steps: int, data_root: Path) -> dict:
             "memory": "peak CUDA allocated" if device == "cuda" else "peak RSS of the process"}
 
 
+def modconv(channel_base: int, rounds: int = 2, passes: int = 5) -> None:
+    """The reference's non-fused modulated convolution (what training uses) against the grouped one (what
+    sampling uses): G+D forward and backward at batch 32 on the cpu preset's networks, alternating rounds."""
+    from gantrain import config as config_mod
+    from gantrain import models
+    from gantrain.models import stylegan2
+
+    cfg = config_mod.load(REPO / "configs" / "stylegan2-cpu.yaml", [f"model.channel_base={channel_base}"])
+    torch.manual_seed(0)
+    G, D = models.build(cfg.model, models.DataSpec(32, 1, 0))
+    z = torch.randn(32, cfg.model.z_dim)
+    real = stylegan2.modulated_conv2d
+    times: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for _ in range(rounds):
+            for fused in (True, False):
+                stylegan2.modulated_conv2d = lambda *a, fused_=fused, **k: real(*a, **{**k, "fused": fused_})
+                D(G(z)).sum().backward()  # warm-up
+                start = time.perf_counter()
+                for _ in range(passes):
+                    D(G(z)).sum().backward()
+                times[fused].append((time.perf_counter() - start) / passes)
+    finally:
+        stylegan2.modulated_conv2d = real
+    grouped, batched = min(times[True]), min(times[False])
+    print(f"modulated conv, channel_base {channel_base}: grouped {grouped * 1000:.0f} ms ({32 / grouped:.0f} img/s)  "
+          f"non-fused {batched * 1000:.0f} ms ({32 / batched:.0f} img/s)  ratio {grouped / batched:.2f}  "
+          f"(G+D forward+backward, batch 32, best of {rounds} rounds x {passes})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--only", help="one setting by name")
+    parser.add_argument("--modconv", action="store_true", help="only the modulated-convolution comparison")
     parser.add_argument("--one", nargs=2, metavar=("NAME", "PRECISION"), help=argparse.SUPPRESS)
     parser.add_argument("--data-root", default=str(Path(tempfile.gettempdir()) / "gantrain-bench-data"))
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], args.steps, Path(args.data_root))))
+        return
+    if args.modconv:
+        for base in (512, 2048):
+            modconv(base)
         return
     names = [args.only] if args.only else [*CPU_SETTINGS, *(GPU_SETTINGS if torch.cuda.is_available() else {})]
     print(f"StyleGAN2 full training steps ({args.steps} after 4 warm-up; R1 every 16, path length every 4), "
