@@ -167,7 +167,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     norm (demodulation). FUSED: every sample's own kernel, all samples as one grouped convolution; else
     (the reference's training path, the same function) the activations are scaled by the styles, convolved
     with the shared kernel, and the outputs scaled by the demodulation coefficients, which is a plain
-    batched convolution (G+D forward and backward 1.3-1.4x faster on CPU, docs/benchmarks.md)."""
+    batched convolution (G+D forward and backward 1.2-1.4x faster on CPU, docs/benchmarks.md)."""
     n = x.shape[0]
     out_channels, in_channels, kh, kw = weight.shape
     if x.dtype == torch.float16 and demodulate:  # the reference's guard against fp16 overflow

@@ -2,10 +2,11 @@
 
 Each step takes one global batch of real samples and runs the phases whose interval has come round:
 D main (the adversarial loss of `loss.name`, plus every regularizer that is not lazy), one D reg phase
-per lazy gradient penalty (r1, r2, gp: every `interval` D steps, weight scaled by the interval), and G
-main (every d_steps D steps). A phase accumulates gradients over micro-batches and then takes one
-optimizer step. After the phases G_ema is updated. Training length and every interval
-are counted in images shown to D, so changing the batch size never changes what "10 kimg" means.
+per lazy gradient penalty (r1, r2, gp: every `interval` D steps, weight scaled by the interval), G
+main (every d_steps D steps) and, for a style-based G, path length (every `loss.pl.interval` G steps).
+A phase accumulates gradients over micro-batches and then takes one optimizer step. After the phases
+G_ema is updated. Training length and every interval are counted in images shown to D, so changing the
+batch size never changes what "10 kimg" means.
 
 All training randomness (latents, fake labels) comes from one generator whose state is checkpointed;
 snapshots and grids use their own fixed seeds. So resuming from a checkpoint, or extending a finished
