@@ -41,8 +41,13 @@ def _states(digits16, tmp_path, world, engine, micro, steps=4, extra=()):
     return state
 
 
-def _assert_close(a, b):
+def _assert_close(a, b, terms: int = 100):
+    """TERMS: how many float32 terms a gradient element sums (equivalence.py's bounds are for ~100; the
+    rounding of a sum grows with its length, n * 2^-24 at worst, so the bounds scale with TERMS / 100)."""
+    k = max(1.0, terms / 100)
+    grad_atol, grad_rtol = GRAD_ATOL * k, GRAD_RTOL * k
     atol, rtol = tolerance(a["steps"])
+    atol *= k
     for net in ("G", "D", "G_ema"):  # G_ema is a convex combination of G's weights: the same bound
         for name in a[net]:
             x, y = a[net][name].double(), b[net][name].double()
@@ -54,9 +59,10 @@ def _assert_close(a, b):
             # m averages gradients: one gradient's bound. v averages squared gradients: |d(g^2)| <= 2|g| d,
             # and by Cauchy-Schwarz the average of 2|g_j| d is at most 2 d sqrt(v).
             m, m_ref = moments["exp_avg"].double(), b[opt]["state"][index]["exp_avg"].double()
-            assert torch.allclose(m, m_ref, atol=GRAD_ATOL, rtol=GRAD_RTOL), f"{opt}[{index}].exp_avg"
+            assert torch.allclose(m, m_ref, atol=grad_atol, rtol=grad_rtol), \
+                f"{opt}[{index}].exp_avg: max |diff| {(m - m_ref).abs().max():.3g}"
             v, v_ref = moments["exp_avg_sq"].double(), b[opt]["state"][index]["exp_avg_sq"].double()
-            bound = 2 * (GRAD_ATOL + GRAD_RTOL * v.sqrt()) * v.sqrt() + GRAD_ATOL ** 2
+            bound = 2 * (grad_atol + grad_rtol * v.sqrt()) * v.sqrt() + grad_atol ** 2
             assert ((v - v_ref).abs() <= bound).all(), f"{opt}[{index}].exp_avg_sq"
             assert float(moments["step"]) == float(b[opt]["state"][index]["step"])
 

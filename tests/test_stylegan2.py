@@ -379,10 +379,13 @@ def test_stylegan2_with_r1_and_path_length_under_ddp_and_zero2_matches_one_proce
     n_w = 6 * 8  # num_ws x w_dim of the tiny G: the length is the norm of a gradient over n_w values
     for state in (ddp, zero2):
         assert state["pl_mean"] > 0
-        bound = GRAD_ATOL * math.sqrt(n_w) + GRAD_RTOL * float(one["pl_mean"]) + tolerance(state["steps"])[0]
+        k = 8 * 16 * 16 / 100  # the gradient bounds for sums of that length, as _assert_close scales them
+        bound = k * (GRAD_ATOL * math.sqrt(n_w) + GRAD_RTOL * float(one["pl_mean"]) + tolerance(state["steps"])[0])
         assert abs(float(state["pl_mean"]) - float(one["pl_mean"])) <= bound
         for net in ("G", "G_ema"):
             w_avg = state[net].pop("mapping_net.w_avg")
             assert torch.isfinite(w_avg).all() and w_avg.abs().sum() > 0
             one[net].pop("mapping_net.w_avg", None)
-        _assert_close(state, one)
+        # a conv weight's gradient at 16x16 sums micro-batch x pixels = 8 x 256 terms per rank (one process:
+        # 16 x 256, in another order), through R1's and path length's double backward too
+        _assert_close(state, one, terms=8 * 16 * 16)
