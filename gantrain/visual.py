@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from gantrain.atomic import atomic_open, atomic_save
 from gantrain.models import Generator
+from gantrain.models.base import truncate_ws
 from gantrain.sampling import label_columns, make_grid, to_uint8, upscale
 
 
@@ -40,15 +41,11 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def truncate(G: Generator, w: torch.Tensor, psi: float, cutoff: int | None = None) -> torch.Tensor:
-    """W pulled towards G.w_avg by PSI; with CUTOFF only the first CUTOFF layers' ws (the coarse styles) are,
-    the later layers keep theirs. W is [N, w_dim] (every layer) or [N, num_ws, w_dim]."""
-    if psi == 1:
-        return w
-    if cutoff is None:
-        return G.w_avg + psi * (w - G.w_avg)
-    if w.dim() == 2:
+    """W of a style-based G truncated by PSI up to layer CUTOFF (models.base.truncate_ws); W is [N, w_dim]
+    (every layer) or [N, num_ws, w_dim]."""
+    if cutoff is not None and w.dim() == 2:
         w = w.unsqueeze(1).repeat(1, G.num_ws, 1)
-    return torch.cat([G.w_avg + psi * (w[:, :cutoff] - G.w_avg), w[:, cutoff:]], dim=1)
+    return truncate_ws(w, G.w_avg, psi, cutoff)
 
 
 @torch.no_grad()

@@ -43,3 +43,14 @@ class Discriminator(nn.Module):
 
     def forward(self, images: torch.Tensor, c: torch.Tensor | None = None, features: bool = False):
         raise NotImplementedError
+
+
+def truncate_ws(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | None = None) -> torch.Tensor:
+    """The truncation trick of a style-based G: WS pulled towards W_AVG by PSI; with CUTOFF only the first
+    CUTOFF layers' ws (the coarse styles), the later layers keep theirs. WS is [N, num_ws, w_dim], or
+    [N, w_dim] (one w for every layer: then CUTOFF needs the layer count, so pass ws broadcast)."""
+    if psi == 1:
+        return ws
+    if cutoff is None:
+        return w_avg.lerp(ws, psi)
+    return torch.cat([w_avg.lerp(ws[:, :cutoff], psi), ws[:, cutoff:]], dim=1)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gantrain.models.base import DataSpec, Discriminator, Generator
+from gantrain.models.base import DataSpec, Discriminator, Generator, truncate_ws
 from gantrain.models.layers import DOutput, MinibatchStdDev
 
 LRELU_GAIN = math.sqrt(2)
@@ -353,10 +353,7 @@ class MappingNetwork(nn.Module):
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
-        if psi != 1:
-            end = self.num_ws if cutoff is None else cutoff
-            x[:, :end] = self.w_avg.lerp(x[:, :end], psi)
-        return x
+        return truncate_ws(x, self.w_avg, psi, cutoff)
 
 
 class StyleGAN2Generator(Generator):

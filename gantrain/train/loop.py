@@ -27,7 +27,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,7 +235,7 @@ class Trainer:
         self.g_ratio = 1.0
         self.pl_mean = torch.zeros((), device=self.device)
         self._pl_sum = torch.zeros((), device=self.device)
-        self._pl_noises: list[torch.Tensor] = []
+        self._pl_noises: Iterator[torch.Tensor] | None = None  # the current phase's, one per micro-batch
         self.phase_seed = 0  # the current phase's seed before the rank is added (rank-independent draws)
         if L.pl.weight:
             if not callable(getattr(G, "mapping", None)):
@@ -443,20 +443,20 @@ class Trainer:
     def _pl_noise(self, img: torch.Tensor) -> torch.Tensor:
         """This micro-batch's random directions y, cut from one draw for the phase's whole global batch (the
         same on every rank), so the penalty does not depend on how the batch is split."""
-        if not self._pl_noises:
+        if self._pl_noises is None:
             micro = img.shape[0]
             per_rank = micro * self.accum
             rand = torch.Generator(device=self.device).manual_seed(self.phase_seed)
             every = torch.randn((per_rank * self.engine.world_size, *img.shape[1:]), generator=rand,
                                 device=self.device)
-            self._pl_noises = list(every[self.engine.rank * per_rank:][:per_rank].split(micro))[::-1]
-        return self._pl_noises.pop().to(img.dtype)
+            self._pl_noises = iter(every[self.engine.rank * per_rank:][:per_rank].split(micro))
+        return next(self._pl_noises).to(img.dtype)
 
     def _pl_update(self) -> None:
         """The running mean moves towards this phase's mean length over every rank and micro-batch."""
         mean = self.engine.all_reduce_mean(self._pl_sum.clone()).to(self.device)
         self._pl_sum.zero_()
-        self._pl_noises = []
+        self._pl_noises = None
         if torch.isfinite(mean):  # a non-finite phase is skipped; the mean stays
             self.pl_mean.lerp_(mean, self.cfg.loss.pl.decay)
         self.stats.add("PL/mean", self.pl_mean.detach().clone())
