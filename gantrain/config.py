@@ -302,6 +302,35 @@ class TrainConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Differentiable augmentation of every image D sees (gantrain.augment). NAME none | diffaugment (POLICY,
+    always applied) | ada (PIPE, each op with probability p). ADA adapts p every INTERVAL D steps from
+    r_t = E[sign D(real)] over them (averaged over ranks) towards TARGET, at a rate that can take p from 0
+    to 1 in SPEED_KIMG; TARGET null keeps p fixed at P (ablations). p is checkpointed."""
+
+    name: Literal["none", "diffaugment", "ada"] = "none"
+    policy: str = "color,translation,cutout"  # diffaugment: comma-separated ops
+    pipe: str = "bgc"  # ada: the reference's pipe names (blit, geom, color, noise, cutout, bg, bgc)
+    p: float = 0.0  # ada: the initial probability (fixed when target is null)
+    target: float | None = 0.6
+    interval: int = 4  # ada: D steps per adjustment (the reference's ada_interval)
+    speed_kimg: float = 500.0  # ada: kimg for p to go from 0 to 1 (the reference's ada_kimg)
+
+    def validate(self) -> None:
+        from gantrain.augment import Augment
+
+        _check(0 <= self.p <= 1, "augment.p", f"must be in [0, 1] (got {self.p})")
+        _check(self.target is None or 0 < self.target < 1, "augment.target", f"must be in (0, 1) or null (got "
+               f"{self.target})")
+        _check(self.interval >= 1, "augment.interval", f"must be >= 1 (got {self.interval})")
+        _check(self.speed_kimg > 0, "augment.speed_kimg", f"must be > 0 (got {self.speed_kimg})")
+        try:
+            Augment(self.name, self.policy, self.pipe)
+        except ValueError as e:
+            raise ConfigError("", str(e)) from None
+
+
+@dataclass
 class ProgressiveConfig:
     """Progressive growing (Karras et al. 2018): train at start_resolution, then for each doubling fade the
     new block in over fade_kimg and stabilize for stabilize_kimg. Everything is a pure function of the
@@ -455,6 +484,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     preset: str | None = None  # a name from PRESETS, already merged into the sections above
@@ -739,6 +769,10 @@ def in_use(cfg: Config, hosts: tuple[str, ...] = ()) -> dict[str, Any]:
         del engine["sync_batchnorm"]
     if not cfg.progressive.enabled:
         del tree["progressive"]
+    if cfg.augment.name == "none":
+        del tree["augment"]
+    elif cfg.augment.name == "diffaugment":
+        tree["augment"] = {k: v for k, v in tree["augment"].items() if k in ("name", "policy")}
     if not cfg.eval.metrics:
         del tree["eval"]
     for name in ("ray",):

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from gantrain.models.base import DataSpec
 from gantrain.models.layers import DOutput
+from gantrain.models.resample import downsample2d, fir_filter, upsample2d
 from gantrain.models.stylegan2 import (StyleGAN2Discriminator, StyleGAN2Generator, SynthesisLayer,
-                                       conv2d_resample, downsample2d, fir_filter, modulated_conv2d, upsample2d)
+                                       conv2d_resample, modulated_conv2d)
 
 # Counted by instantiating NVlabs stylegan2-ada-pytorch's networks (3 channels, z_dim = w_dim = 512,
 # channel_max 512): the preset file with those settings, its resolution and classes -> (G, D).

@@ -39,6 +39,7 @@ from torch import nn
 
 from gantrain import config as config_mod
 from gantrain import losses, models
+from gantrain.augment import Augment, Draws, adjust_p
 from gantrain.atomic import RunLock, atomic_write, remove_stale_temps
 from gantrain.config import Config, ConfigError, OptimConfig
 from gantrain.data.stream import Manifest, StreamLoader, read_manifest, samples
@@ -248,7 +249,16 @@ class Trainer:
         # (a style-based G's noise inputs and style mixing) comes from torch's default generators, reseeded
         # the same way: otherwise every rank, seeded alike for identical initial weights, would draw the
         # same noise maps for its different samples.
-        self.needs_rand = "gp" in penalties or L.instance_noise.std > 0 or G.stochastic or L.pl.weight > 0
+        # Augmentation of every D input (gantrain.augment): its draws are made for the phase's global batch
+        # from a rank-independent seed, so a sample's augmentation does not depend on how the batch is split.
+        A = cfg.augment
+        self.augment = Augment(A.name, A.policy, A.pipe) if A.name != "none" else None
+        self.adaptive = A.name == "ada" and A.target is not None
+        self.aug_p = A.p  # ADA's probability: training state, checkpointed
+        self._rt = torch.zeros(2, device=self.device)  # sum of sign(D(real)) and count since the last adjustment
+        self._micro_index = self._aug_calls = 0
+        self.needs_rand = ("gp" in penalties or L.instance_noise.std > 0 or G.stochastic or L.pl.weight > 0
+                           or self.augment is not None)
         self.rand = torch.Generator(device=self.device)
         if "gp" in penalties and cfg.model.norm == "batch" and cfg.model.name == "dcgan":
             log.warning("loss.gp with batch norm in D: the penalty is per sample but batch norm couples the "
@@ -355,9 +365,12 @@ class Trainer:
             real = real.detach().requires_grad_(True)
         if "r2" in self.eager:
             fake = fake.detach().requires_grad_(True)
-        r = self.D.module(real, real_c, features=True)
-        f = self.D.module(fake, c, features=True)
+        r = self.D.module(self._augmented(real), real_c, features=True)
+        f = self.D.module(self._augmented(fake), c, features=True)
         real_logits, fake_logits = r.logits.float(), f.logits.float()
+        if self.adaptive:
+            with torch.no_grad():
+                self._rt += torch.stack([real_logits.sign().sum(), real_logits.new_tensor(float(real_logits.numel()))])
         loss = self.d_objective(real_logits, fake_logits, L.label_smoothing).mean()
         self.stats.add("Loss/D", loss)
         self.stats.add("Logits/real", real_logits)
@@ -385,7 +398,7 @@ class Trainer:
                 return self._penalty(name, self._noisy(real), real_c, fake, c, None)
             x, x_c = fake, c
         x = x.detach().requires_grad_(True)
-        out = self.D.module(x, x_c, features=True)
+        out = self.D.module(self._augmented(x), x_c, features=True)
         return self._penalty(name, x, real_c, x, c, out.logits.float()) + _unused(out)
 
     def _penalty(self, name: str, real, real_c, fake, c, logits) -> torch.Tensor:
@@ -398,7 +411,7 @@ class Trainer:
         else:
             eps = torch.rand(real.shape[0], generator=self.rand, device=real.device)
             mixed = losses.interpolate(real.detach(), fake.detach(), eps).requires_grad_(True)
-            out = self.D.module(mixed, real_c, features=True)
+            out = self.D.module(self._augmented(mixed), real_c, features=True)
             value = losses.gradient_penalty(out.logits.float(), mixed, scale, reg.center, reg.one_sided)
             weight, zero = reg.weight, _unused(out)
         self.stats.add(f"Loss/{name.upper()}", value)
@@ -406,7 +419,7 @@ class Trainer:
 
     def _g_main(self, real, real_c, z, c) -> torch.Tensor:
         L = self.cfg.loss
-        out = self.D.raw(self._noisy(self.G.module(z, c)), c, features=True)
+        out = self.D.raw(self._augmented(self._noisy(self.G.module(z, c))), c, features=True)
         loss = self.g_objective(out.logits.float()).mean()
         self.stats.add("Loss/G", loss)
         if out.class_logits is not None:
@@ -415,7 +428,7 @@ class Trainer:
             loss = loss + aux * L.acgan
         if L.feature_matching:
             with torch.no_grad():
-                target = self.D.raw(self._noisy(real), real_c, features=True).features
+                target = self.D.raw(self._augmented(self._noisy(real)), real_c, features=True).features
             fm = losses.feature_matching_loss(target, out.features)
             self.stats.add("Loss/feature_matching", fm)
             loss = loss + fm * L.feature_matching
@@ -469,6 +482,31 @@ class Trainer:
             return x
         return x + std * torch.randn(x.shape, generator=self.rand, device=x.device, dtype=x.dtype)
 
+    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """X as D sees it: augmented (in fp32) with draws for this micro-batch's rows of the phase's global
+        batch; the k-th call of every micro-batch shares one seed, so each rank and micro-batch takes its
+        own rows of the same draws."""
+        if self.augment is None:
+            return x
+        n = x.shape[0]
+        seed = int(np.random.SeedSequence([self.phase_seed, self._aug_calls]).generate_state(1, np.uint64)[0] >> 1)
+        self._aug_calls += 1
+        draws = Draws(torch.Generator(device=self.device).manual_seed(seed),
+                      offset=(self.engine.rank * self.accum + self._micro_index) * n,
+                      total=n * self.accum * self.engine.world_size)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.augment(x.float(), self.aug_p, draws)
+
+    def _adapt_augment(self) -> None:
+        """ADA: every augment.interval D steps, r_t over them (all ranks) moves p towards augment.target."""
+        A = self.cfg.augment
+        total = self.engine.all_reduce_mean(self._rt.clone()).to(self.device)
+        self._rt.zero_()
+        if total[1] > 0:
+            rt = float(total[0] / total[1])
+            self.aug_p = adjust_p(self.aug_p, rt, A.target, self.stage.batch * A.interval, A.speed_kimg)
+            self.stats.add("Augment/rt", torch.tensor(rt))
+
     def _latents(self, shrink: int = 1) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...]]:
         """This rank's slice of latents (and fake labels) drawn for the whole global batch, split into
         micro-batches: accumulation and data parallelism see exactly what one large batch would. SHRINK > 1:
@@ -494,6 +532,7 @@ class Trainer:
             self.rand.manual_seed(seed)
             torch.manual_seed(seed)
         for i in range(self.accum):
+            self._micro_index, self._aug_calls = i, 0
             sync = contextlib.nullcontext() if i == self.accum - 1 else trained.no_sync()
             with sync:
                 with self.engine.autocast():
@@ -561,6 +600,10 @@ class Trainer:
                                                           self.cfg.train.ema_rampup))
         self.nimg += batch
         self.step += 1
+        if self.adaptive and self.step % self.cfg.augment.interval == 0:
+            self._adapt_augment()
+        if self.augment is not None:
+            self.stats.add("Augment/p", torch.tensor(self.aug_p))
 
     def _data_health(self) -> None:
         """Per tick: corrupt samples and short shards to TensorBoard, and a log line while they keep coming
@@ -609,6 +652,7 @@ class Trainer:
             "data": self.engine.gather(self.loader.state_dict()),  # one cursor per rank
             "eval": {"best": self.best},  # best figure so far: {figure, value, nimg} or None
             "pl_mean": self.pl_mean.detach().cpu().clone(),  # path length's running mean (0 without it)
+            "augment": {"p": self.aug_p, "rt": self._rt.detach().cpu().clone()},  # ADA's p and r_t so far
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -631,6 +675,9 @@ class Trainer:
         random.setstate(rng["python"])
         if "pl_mean" in state:
             self.pl_mean.copy_(state["pl_mean"])
+        if self.cfg.augment.name == "ada" and state["config"].get("augment", {}).get("name") == "ada":
+            self.aug_p = float(state["augment"]["p"])
+            self._rt.copy_(state["augment"]["rt"])
 
     def snapshot(self) -> Path | None:
         """Collective (every rank contributes its data cursor); rank 0 writes."""
