@@ -282,8 +282,7 @@ def _transform(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     d = x.device
     f = torch.as_tensor(SYM6, dtype=torch.float32, device=d)
-    f = f / f.sum()
-    f = f[:, None] * f[None, :]
+    f = f / f.sum()  # 1-D: applied separably
     pad = f.shape[0] // 4
     cx, cy = (w - 1) / 2, (h - 1) / 2
     corners = torch.tensor([[-cx, -cy, 1], [cx, -cy, 1], [cx, cy, 1], [-cx, cy, 1]], device=d)

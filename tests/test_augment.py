@@ -70,7 +70,8 @@ def test_blit_ops_against_hand_computed_images():
     occur; integer translation: a shift of at most 1/8 of the size (interior compared, reflect-padded
     borders aside). Shifts are exact to rounding; a mirror or rotation is exact up to sym6's asymmetry
     (the 2x image is flipped between an asymmetric up- and down-filter, as in the reference): measured
-    0.31 at worst on uniform noise (other candidates >= 1.8), so flips are checked as "the nearest candidate, by a margin of 4x"."""
+    0.31 at worst on uniform noise (other candidates >= 1.8), so flips are checked as "the nearest
+    candidate, by a margin of 4x"."""
     x = _images(n=64, c=1)
     for op, candidates in (("xflip", lambda im: [im, im.flip(-1)]),
                            ("rotate90", lambda im: [torch.rot90(im, k, dims=(-2, -1)) for k in range(4)])):
@@ -114,7 +115,8 @@ def test_color_ops_against_hand_computed_images():
 def test_scaling_by_two_then_back_returns_the_image_up_to_the_filter():
     """Zoom in by 2 then out by 2: the centre half comes back. Error bound: bilinear sampling of the 2x
     sym6-interpolated image is exact only for content the interpolation reproduces; for a smooth image
-    (one cycle across) measured 0.015 at worst (the centre's edge), asserted < 0.03; the filter pass alone is lossless (above)."""
+    (one cycle across) measured 0.015 at worst (the centre's edge), asserted < 0.03; the filter pass alone
+    is lossless (above)."""
     grid = torch.linspace(-1, 1, 32)
     x = (torch.sin(math.pi * grid)[None, :] * torch.cos(math.pi * grid)[:, None]).expand(2, 1, 32, 32)
     n = x.shape[0]

@@ -19,8 +19,8 @@ def fir_filter(taps=FIR) -> torch.Tensor:
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=(0, 0, 0, 0),
               gain: float = 1, flip: bool = True) -> torch.Tensor:
     """Upsample by zero insertion, pad (x0, x1, y0, y1; negative crops), convolve every channel with the
-    2-D filter F (FLIP: a true convolution, as the reference does by default; else a correlation), keep
-    every DOWN-th pixel."""
+    filter F (2-D, or 1-D applied separably; FLIP: a true convolution, as the reference does by default;
+    else a correlation), keep every DOWN-th pixel."""
     n, c, h, w = x.shape
     if up > 1:
         x = x.reshape(n, c, h, 1, w, 1)
@@ -30,8 +30,9 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padd
     x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
     x = x[:, :, max(-y0, 0):x.shape[2] - max(-y1, 0), max(-x0, 0):x.shape[3] - max(-x1, 0)]
     kernel = (f * (gain ** (f.ndim / 2))).to(x.dtype)
-    kernel = kernel.flip([0, 1]) if flip else kernel
-    x = F.conv2d(x, kernel[None, None].repeat(c, 1, 1, 1), groups=c)
+    kernel = kernel.flip(list(range(f.ndim))) if flip else kernel
+    for k in ((kernel[None, :], kernel[:, None]) if f.ndim == 1 else (kernel,)):  # 1-D: rows, then columns
+        x = F.conv2d(x, k[None, None].repeat(c, 1, 1, 1), groups=c)
     return x[:, :, ::down, ::down] if down > 1 else x
 
 
