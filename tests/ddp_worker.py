@@ -63,8 +63,10 @@ def main() -> None:
     if "test.const_noise=1" in extra:  # a deterministic style-based G: comparable with one process
         for model in (trainer.G_model, trainer.G_ema):
             model.noise_mode = "const"
+    aug_p = []  # ADA's p after each step: every rank and every split must follow the same trajectory
     for _ in range(int(steps)):
         trainer.train_step()
+        aug_p.append(trainer.aug_p)
     # Every rank must hold the same weights (a missed gradient reduction would show here first).
     flat = torch.cat([p.detach().flatten() for m in (trainer.G_model, trainer.D_model) for p in m.parameters()])
     digests = engine.gather(hashlib.sha256(flat.cpu().numpy().tobytes()).hexdigest())
@@ -77,7 +79,9 @@ def main() -> None:
         torch.save({"G": trainer.G_model.state_dict(), "D": trainer.D_model.state_dict(),
                     "G_ema": trainer.G_ema.state_dict(),
                     "G_opt": nets["G"]["optimizer"], "D_opt": nets["D"]["optimizer"],
-                    "pl_mean": trainer.pl_mean.cpu()}, out)
+                    "G_params": [name for name, _ in trainer.G_model.named_parameters()],
+                    "D_params": [name for name, _ in trainer.D_model.named_parameters()],
+                    "pl_mean": trainer.pl_mean.cpu(), "aug_p": aug_p}, out)
     engine.close()
 
 
