@@ -126,6 +126,41 @@ def test_scaling_by_two_then_back_returns_the_image_up_to_the_filter():
     assert (back[..., centre, centre] - x[..., centre, centre]).abs().max() < 0.03
 
 
+def test_the_deterministic_gpu_path_equals_grid_sample_through_the_double_backward(monkeypatch):
+    """Under run.deterministic on CUDA, where grid_sample's and reflection padding's backwards have no
+    deterministic kernel, _transform samples by gathers and pads by index_select. Forced here on CPU: the
+    same images, input gradients and R1-style gradients of the gradient norm. Bound: the two compute the
+    sampling coordinates in different orders, one float32 ulp of a coordinate up to 2 * (side + 2 pads)
+    each, times the image's steepest step between neighbours; the weights then sum 4 terms."""
+    from gantrain import augment
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 12, 12, dtype=torch.float32, requires_grad=True)
+    angle = torch.tensor([0.3, -1.1, 2.0])
+    c, s = angle.cos(), angle.sin()
+    g = torch.zeros(3, 3, 3)
+    g[:, 0, 0], g[:, 0, 1], g[:, 1, 0], g[:, 1, 1], g[:, 2, 2] = 0.8 * c, -s, s, 1.2 * c, 1
+    g[:, 0, 2], g[:, 1, 2] = torch.tensor([0.5, -1.5, 2.25]), torch.tensor([-0.25, 1.0, 0.0])
+
+    def run_once():
+        y = _transform(x, g)
+        (grad,) = torch.autograd.grad((y.square() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), x,
+                                      create_graph=True)
+        (grad2,) = torch.autograd.grad(grad.square().sum(), x)
+        return y.detach(), grad.detach(), grad2
+
+    pads = [3, 2, 11, 4]
+    assert torch.equal(augment._reflect_pad_index(x, pads), torch.nn.functional.pad(x, pads, mode="reflect"))
+    reference = run_once()
+    monkeypatch.setattr(augment, "_deterministic_gpu", lambda _: True)
+    gathered = run_once()
+    coordinate_ulp = 2.0 ** -24 * 2 * (12 + 2 * 12)
+    for a, b in zip(reference, gathered):
+        steepest = (a.diff(dim=-1).abs().max() + a.diff(dim=-2).abs().max()).item()
+        bound = 4 * coordinate_ulp * steepest + 4 * 2.0 ** -24 * a.abs().max().item()
+        assert (a - b).abs().max().item() <= bound, ((a - b).abs().max().item(), bound)
+
+
 def test_the_blit_ops_do_not_leak_below_p_1():
     """The reference's invertibility argument, numerically: the augmentation acts on the distribution
     over an asymmetric image's 8 orientations (x-flips x 90-degree rotations) as a matrix M estimated from
