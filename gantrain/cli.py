@@ -50,8 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if result["interrupted"]:
             print("stopped by signal after checkpointing; continue with --resume auto")
         return 0
-    if args.nproc > 1 and "RANK" not in os.environ:
-        return launch_local(args, run_dir)
+    if (args.nproc > 1 or cfg.engine.name != "single") and "RANK" not in os.environ:
+        return launch_local(args, run_dir)  # a process group, even of one rank (ZeRO on one GPU)
     result = run(cfg, run_dir, resume=args.resume)
     if int(os.environ.get("RANK", 0)) != 0:
         return 0

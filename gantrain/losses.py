@@ -100,8 +100,9 @@ def r2_penalty(fake_logits: torch.Tensor, fake_images: torch.Tensor, scale: floa
 
 
 def interpolate(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """eps x + (1 - eps) G(z), one eps in [0, 1] per sample: where WGAN-GP enforces the gradient norm."""
-    return torch.lerp(fake, real, eps.view(-1, *([1] * (real.dim() - 1))).to(real.dtype))
+    """eps x + (1 - eps) G(z), one eps in [0, 1] per sample: where WGAN-GP enforces the gradient norm.
+    In the reals' dtype: under autocast G's output is bf16/fp16 while the reals are fp32."""
+    return torch.lerp(fake.to(real.dtype), real, eps.view(-1, *([1] * (real.dim() - 1))).to(real.dtype))
 
 
 def gradient_penalty(logits: torch.Tensor, inputs: torch.Tensor, scale: float = 1.0, center: float = 1.0,
@@ -116,8 +117,9 @@ def gradient_penalty(logits: torch.Tensor, inputs: torch.Tensor, scale: float = 
 def path_lengths(images: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """||J_w^T y|| per sample (Karras et al. 2020, appendix B): the gradient of sum(IMAGES * y) with respect
     to WS [N, num_ws, w_dim], squared and summed over w_dim, averaged over the layers, square-rooted. y is
-    NOISE (normal / sqrt(H W), so ||y|| is about 1 per channel); SCALE as in grad_norm_sq. Differentiable."""
-    (grad,) = torch.autograd.grad((images * noise).sum() * scale, ws, create_graph=True)
+    NOISE (normal / sqrt(H W), so ||y|| is about 1 per channel); SCALE as in grad_norm_sq. Differentiable.
+    The sum is in fp32: under fp16 autocast, sum(IMAGES * y) times a loss scale of 2^16 overflows fp16."""
+    (grad,) = torch.autograd.grad((images.float() * noise.float()).sum() * scale, ws, create_graph=True)
     return (grad.float() / scale).square().sum(2).mean(1).sqrt()
 
 

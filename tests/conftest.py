@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ from gantrain.data.sources import open_source
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    """gpu-marked tests need CUDA; GANTRAIN_TEST_DEVICE=cpu runs them on CPU (scripts/gpu_check.sh --dry-run)."""
+    if torch.cuda.is_available() or os.environ.get("GANTRAIN_TEST_DEVICE") == "cpu":
         return
     skip = pytest.mark.skip(reason="needs CUDA")
     for item in items:

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -18,6 +19,18 @@ def test_bf16_run_trains_and_stays_finite(digits16, tmp_path):
                              train={"kimg": 0.064}), tmp_path)
     scalars = result["scalars"]
     assert all(math.isfinite(scalars[k]) for k in ("Loss/D", "Loss/G", "Loss/R1", "GradNorm/Gmain"))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_every_penalty_trains_under_autocast(digits16, tmp_path, precision):
+    """G's output is in the autocast dtype, the reals in fp32: every phase that mixes them (WGAN-GP's
+    interpolation, R1, R2, drift, instance noise) must train. (WGAN-GP under bf16 once failed in lerp.)"""
+    losses_ = {"name": "wgan-gp", "gp": {"weight": 10.0, "interval": 1}, "drift": {"weight": 0.001},
+               "r1": {"weight": 1.0, "interval": 2}, "r2": {"weight": 1.0, "interval": 2}}
+    result = run(tiny_config(digits16, engine={"precision": precision}, loss=losses_, train={"kimg": 0.048}),
+                 tmp_path)
+    assert all(math.isfinite(v) for k, v in result["scalars"].items() if k.startswith("Loss/"))
+    assert {"Loss/GP", "Loss/R1", "Loss/R2"} <= set(result["scalars"])
 
 
 def test_r1_is_the_same_under_a_loss_scale():

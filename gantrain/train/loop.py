@@ -445,7 +445,9 @@ class Trainer:
         pl = self.cfg.loss.pl
         img, ws = self.G.for_double_backward(z, c, return_ws=True)
         noise = self._pl_noise(img) / math.sqrt(img.shape[2] * img.shape[3])
-        lengths = losses.path_lengths(img, ws, noise, self.G.loss_scale())
+        # The inner gradient unscaled, as the reference computes it: at fp16 loss scales (2^16) it overflows
+        # in the fp16 layers long before the main G loss does. The outer backward is scaled as usual.
+        lengths = losses.path_lengths(img, ws, noise)
         self._pl_sum += lengths.detach().mean() / self.accum
         penalty = losses.path_length_penalty(lengths, self.pl_mean)
         self.stats.add("Loss/PL", penalty)
