@@ -446,9 +446,14 @@ class EngineConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     sync_batchnorm: bool = False  # ddp: batch-norm statistics over all ranks (CUDA only)
     zero_stage: int = 0  # deepspeed: 0 (plain data parallel), 1 (optimizer state sharded), 2 (+ gradients)
+    # torch.compile on the training forwards of G and D (single, ddp); penalties that differentiate an
+    # input gradient (R1, R2, GP, path length) run uncompiled: compiled graphs have no double backward.
+    compile: bool = False
 
     def validate(self) -> None:
         _check(self.zero_stage in (0, 1, 2), "engine.zero_stage", f"must be 0, 1 or 2 (got {self.zero_stage})")
+        _check(not (self.compile and self.name == "deepspeed"), "engine.compile",
+               "not supported with engine.name=deepspeed (use single or ddp)")
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "engine.device",
                f"must be auto, cpu, cuda or cuda:N (got '{self.device}')")
 

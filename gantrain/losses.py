@@ -117,8 +117,8 @@ def gradient_penalty(logits: torch.Tensor, inputs: torch.Tensor, scale: float = 
 def path_lengths(images: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """||J_w^T y|| per sample (Karras et al. 2020, appendix B): the gradient of sum(IMAGES * y) with respect
     to WS [N, num_ws, w_dim], squared and summed over w_dim, averaged over the layers, square-rooted. y is
-    NOISE (normal / sqrt(H W), so ||y|| is about 1 per channel); SCALE as in grad_norm_sq. Differentiable.
-    The sum is in fp32: under fp16 autocast, sum(IMAGES * y) times a loss scale of 2^16 overflows fp16."""
+    NOISE (normal / sqrt(H W), so ||y|| is about 1 per channel); SCALE as in grad_norm_sq (the loop passes
+    none: scaled by an fp16 loss scale, this inner gradient overflows in the fp16 layers). Differentiable."""
     (grad,) = torch.autograd.grad((images.float() * noise.float()).sum() * scale, ws, create_graph=True)
     return (grad.float() / scale).square().sum(2).mean(1).sqrt()
 

@@ -11,7 +11,8 @@ Parts, in this order, each inside what is left of the wall-time budget:
    under deterministic kernels, pinned memory, resume == uninterrupted, a GPU checkpoint on CPU and back;
 3. full training steps (the loop's phases, EMA, lazy regularization, fed from memory) for each model at
    its real size, fp32 / bf16 / fp16: img/s, s/kimg and peak memory; one subprocess per setting, so each
-   peak is its own. Settings that do not fit the budget are listed as skipped, with the reason.
+   peak is its own; then a few of them again under engine.compile (graph building timed apart). Settings
+   that do not fit the budget, or models not built yet, are listed as skipped, with the reason.
 
 It writes OUT_DIR/gpu-report.json and OUT_DIR/gpu-report.md (and the tests' junit XML and log). The
 dry run does the same on CPU at tiny sizes (the gpu tests run on CPU through GANTRAIN_TEST_DEVICE=cpu),
@@ -70,6 +71,11 @@ def settings(dry_run: bool) -> dict[str, tuple[str | None, int, int, list[str]]]
     }
 
 
+# engine.compile for a few settings only, after all the others: building the graphs takes minutes on a
+# GPU (and ~20 s on CPU even for the dry run's tiny DCGAN).
+GPU_COMPILE = {("stylegan2-paper256", "fp16"), ("stylegan2-paper256", "bf16"), ("dcgan-64", "fp32"),
+               ("stylegan2-config-f-1024", "fp16")}
+DRY_COMPILE = {("dcgan-16", "fp32")}
 DRY_PRECISION = {"dcgan-16": "fp32", "progan-16-stabilize": "bf16", "stylegan2-16": "fp16", "stylegan2-16-ada": "bf16"}
 
 
@@ -178,8 +184,9 @@ def synthetic_data(root: Path, resolution: int, channels: int = 3, count: int = 
     return out
 
 
-def bench_one(name: str, precision: str, dry_run: bool, data_root: Path) -> dict:
-    """Time full training steps for one setting in this process; returns the figures."""
+def bench_one(name: str, precision: str, compiled: bool, dry_run: bool, data_root: Path) -> dict:
+    """Time full training steps for one setting in this process; returns the figures. Under
+    engine.compile the warm-up steps include building the graphs (timed apart: warmup_s)."""
     import torch
 
     from gantrain import config as config_mod
@@ -194,16 +201,18 @@ def bench_one(name: str, precision: str, dry_run: bool, data_root: Path) -> dict
     cfg = config_mod.load(REPO / config, [
         f"data.path={data}", "data.workers=0", "eval.metrics=none", f"train.batch={batch}", "train.micro_batch=null",
         f"engine.precision={precision}", f"engine.device={device}", "engine.name=single", "log.progress=false",
-        *overrides])
+        f"engine.compile={str(compiled).lower()}", *overrides])
     manifest = read_manifest(data)
     cfg = resolve(cfg, manifest, 1)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp), SingleEngine(device, precision), manifest=manifest)
+        trainer = Trainer(cfg, Path(tmp), SingleEngine(device, precision, compiled), manifest=manifest)
         trainer.loader.close()
         batch = trainer.stage.batch  # a progressive stage sets its own
         trainer.loader = InMemory(trainer.micro, manifest.channels, trainer.stage.resolution, manifest.num_classes)
+        warm = time.perf_counter()
         for _ in range(warmup):
             trainer.train_step()
+        warm = time.perf_counter() - warm
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -221,7 +230,7 @@ def bench_one(name: str, precision: str, dry_run: bool, data_root: Path) -> dict
             "steps": steps, "img_per_sec": round(batch * steps / seconds, 2),
             "sec_per_kimg": round(seconds / (batch * steps) * 1000, 3), "peak_mem_mib": round(peak, 1),
             "memory": "peak CUDA allocated" if device == "cuda" else "peak RSS of the process",
-            "weights_finite": finite, "compile": False,
+            "weights_finite": finite, "compile": compiled, "warmup_s": round(warm, 1),
             "params_G": sum(p.numel() for p in trainer.G_model.parameters()),
             "params_D": sum(p.numel() for p in trainer.D_model.parameters())}
 
@@ -231,23 +240,23 @@ def run_benchmarks(out: Path, dry_run: bool, deadline: float) -> list[dict]:
     the dry run times its few tiny settings in one process (CPU figures are not the point there)."""
     rows: list[dict] = []
     data_root = Path(tempfile.mkdtemp(prefix="gantrain-gpu-check-"))
-    todo = []
+    todo, compiled_todo = [], []
     for name, (config, *_rest) in settings(dry_run).items():
         for precision in precisions(name, dry_run):
             if config is None:
                 rows.append({"name": name, "precision": precision, "compile": False,
                              "skipped": f"model.name={name.split('-')[0]} is not built yet"})
             else:
-                todo.append(f"{name}:{precision}")
-        # One line per setting: engine.compile is not built yet (an open item of the StyleGAN2 work).
-        rows.append({"name": name, "precision": "any", "compile": True, "skipped": "engine.compile is not built yet"})
+                todo.append(f"{name}:{precision}:0")
+                if (name, precision) in (DRY_COMPILE if dry_run else GPU_COMPILE):
+                    compiled_todo.append(f"{name}:{precision}:1")
+    todo += compiled_todo  # last: building the graphs costs minutes per setting on a GPU
     groups = [todo] if dry_run else [[item] for item in todo]
-    per_item = 60 if dry_run else 150
+    per_item = 60 if dry_run else 180
     for group in groups:
         left = deadline - time.monotonic()
         if left < 15:
-            rows += [{"name": item.split(":")[0], "precision": item.split(":")[1], "compile": False,
-                      "skipped": f"out of the time budget ({left:.0f} s left)"} for item in group]
+            rows += [{**_item(item), "skipped": f"out of the time budget ({left:.0f} s left)"} for item in group]
             continue
         command = [sys.executable, __file__, "--data-root", str(data_root), *(["--dry-run"] if dry_run else []),
                    "--bench", *group]
@@ -263,15 +272,19 @@ def run_benchmarks(out: Path, dry_run: bool, deadline: float) -> list[dict]:
             stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
             failure = f"stopped after {limit:.0f} s"
         lines = [x for x in stdout.splitlines() if x.startswith("{")]
-        done = {(r["name"], r["precision"]): r for r in map(json.loads, lines)}
+        done = {(r["name"], r["precision"], r["compile"]): r for r in map(json.loads, lines)}
         for item in group:
-            name, precision = item.split(":")
-            row = done.get((name, precision)) or {"name": name, "precision": precision, "compile": False,
-                                                  "error": failure or "no figures printed"}
+            key = _item(item)
+            row = done.get(tuple(key.values())) or {**key, "error": failure or "no figures printed"}
             rows.append(row)
-            print(f"gpu_check: {name} {precision}: {_figure(row)}", flush=True)
+            print(f"gpu_check: {item}: {_figure(row)}", flush=True)
     order = {name: i for i, name in enumerate(settings(dry_run))}
     return sorted(rows, key=lambda r: (order[r["name"]], r["compile"]))
+
+
+def _item(item: str) -> dict:
+    name, precision, compiled = item.split(":")
+    return {"name": name, "precision": precision, "compile": compiled == "1"}
 
 
 def _figure(row: dict) -> str:
@@ -301,9 +314,11 @@ def markdown(report: dict) -> str:
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["benchmarks"]:
         if "img_per_sec" in r:
-            lines.append(f"| {r['name']} | {r['precision']} | no | {r['resolution']} | {r['batch']} | "
-                         f"{r['img_per_sec']} | {r['sec_per_kimg']} | {r['peak_mem_mib']} | "
-                         f"{'' if r['weights_finite'] else 'NON-FINITE WEIGHTS'} |")
+            note = "" if r["weights_finite"] else "NON-FINITE WEIGHTS"
+            if r["compile"]:
+                note += f" warm-up incl. compiling: {r['warmup_s']} s"
+            lines.append(f"| {r['name']} | {r['precision']} | {'yes' if r['compile'] else 'no'} | {r['resolution']} | "
+                         f"{r['batch']} | {r['img_per_sec']} | {r['sec_per_kimg']} | {r['peak_mem_mib']} | {note} |")
         else:
             note = r.get("skipped") or r.get("error")
             lines.append(f"| {r['name']} | {r['precision']} | {'yes' if r['compile'] else 'no'} | | | | | | {note} |")
@@ -326,7 +341,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.bench:  # the benchmark process: one JSON line per setting
         for item in args.bench:
-            print(json.dumps(bench_one(*item.split(":"), args.dry_run, Path(args.data_root))), flush=True)
+            key = _item(item)
+            print(json.dumps(bench_one(key["name"], key["precision"], key["compile"], args.dry_run,
+                                       Path(args.data_root))), flush=True)
         return 0
     if not args.out:
         parser.error("OUT_DIR is required")

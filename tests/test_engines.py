@@ -63,3 +63,36 @@ def test_deepspeed_says_so_before_building_its_cpu_op(tmp_path, monkeypatch):
     (tmp_path / "deepspeed_shm_comm").mkdir(exist_ok=True)  # torch's build directory for the op, as built
     (tmp_path / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").write_bytes(b"")
     assert pending_op_build() is None
+
+
+@pytest.mark.slow
+def test_engine_compile_trains_like_eager_with_penalties_uncompiled(digits16, tmp_path):
+    """engine.compile: 4 steps with lazy R1 through torch.compile'd G and D (R1's double backward runs
+    the uncompiled forward: a compiled graph would raise) == eager, up to float32 reassociation: the
+    equivalence tests' derived bounds (fused kernels change only the order of float32 operations)."""
+    from conftest import tiny_config
+    from equivalence import ADAM_EPS, tolerance
+    from gantrain.data.stream import read_manifest
+    from gantrain.engines.single import SingleEngine
+    from gantrain.train.loop import Trainer, resolve
+
+    nets = []
+    for compile_ in (False, True):
+        cfg = tiny_config(digits16, model={"norm": "none"}, loss={"r1": {"weight": 0.5, "interval": 2}},
+                          train={"batch": 16, "ema_kimg": 0.02}, optim={"eps": ADAM_EPS},
+                          engine={"compile": compile_})
+        cfg = resolve(cfg, read_manifest(digits16), 1)
+        trainer = Trainer(cfg, tmp_path / str(compile_), SingleEngine("cpu", "fp32", cfg.engine.compile))
+        for _ in range(4):
+            trainer.train_step()
+        trainer.loader.close()
+        assert isinstance(trainer.G.module, torch._dynamo.eval_frame.OptimizedModule) == compile_
+        nets.append([*trainer.G_model.parameters(), *trainer.D_model.parameters()])
+    atol, rtol = tolerance(4)
+    for eager, compiled in zip(*nets):
+        assert torch.allclose(eager, compiled, atol=atol, rtol=rtol)
+
+
+def test_engine_compile_is_refused_under_deepspeed():
+    with pytest.raises(ConfigError, match="engine.compile: not supported with engine.name=deepspeed"):
+        _cfg(name="deepspeed", compile=True)

@@ -240,3 +240,26 @@ def test_lr_scaling_and_lazy_r1_reach_the_optimizers(digits16, tmp_path):
     d_group = trainer.D.optimizer.param_groups[0]  # lazy R1 every 4 steps: lr and betas ** (4/5)
     assert d_group["lr"] == pytest.approx(2e-3 * 0.8)
     assert d_group["betas"] == pytest.approx((0.5 ** 0.8, 0.999 ** 0.8))
+
+
+def test_a_stop_right_after_a_snapshot_checkpoints_once(digits16, tmp_path):
+    """A stop request that lands on the step a snapshot was just written at: no second checkpoint of the
+    same step, and the host hears of it once. (Ray Train was told of checkpoint-...64 twice and then
+    lost it: it deletes the older report of a directory, which was the same one.)"""
+    from gantrain.train.loop import Host
+
+    class StopAfterTheFirstCheckpoint(Host):
+        def __init__(self):
+            self.heard = []
+
+        def checkpointed(self, path, nimg, scalars):
+            self.heard.append((path.name if path else None, nimg))
+
+        def stop_requested(self):
+            return bool(self.heard)
+
+    host = StopAfterTheFirstCheckpoint()
+    result = run(tiny_config(digits16, train={"kimg": 0.16}, log={"snapshot_kimg": 0.048}), tmp_path, host=host)
+    assert result["interrupted"] and result["nimg"] == 48
+    assert host.heard == [(checkpoint.checkpoint_name(48), 48)]
+    assert result["checkpoint"].name == checkpoint.checkpoint_name(48)

@@ -16,7 +16,7 @@ def make_engine(cfg: Config) -> Engine:
             raise ConfigError("engine.name", f"'single' cannot run in a group of {world} processes; use ddp")
         from gantrain.engines.single import SingleEngine
 
-        return SingleEngine(cfg.engine.device, cfg.engine.precision)
+        return SingleEngine(cfg.engine.device, cfg.engine.precision, cfg.engine.compile)
     if name == "deepspeed":
         from gantrain.engines.deepspeed import DeepSpeedEngine
 

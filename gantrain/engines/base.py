@@ -23,12 +23,15 @@ class Net:
     """One network with its optimizer and, for fp16, its own dynamic loss scaler.
 
     `module` is what the loop calls forward on when this network is trained (possibly a wrapper that
-    reduces gradients); `raw` is the plain nn.Module: state dicts, EMA source, and forward calls while
-    the network is frozen (no gradient sync wanted then)."""
+    reduces gradients, compiled under engine.compile); `uncompiled` is the same without torch.compile,
+    for forwards whose input gradient is differentiated again (R1, R2, GP: compiled graphs have no double
+    backward); `raw` is the plain nn.Module: state dicts, EMA source, and forward calls while the network
+    is frozen (no gradient sync wanted then)."""
 
     def __init__(self, module: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler | None = None):
         self.module, self.raw, self.optimizer, self.scaler = module, raw, optimizer, scaler
+        self.uncompiled = module
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -38,7 +41,7 @@ class Net:
         """What a loss calls forward on when it takes an input gradient of an intermediate result inside
         this network (path length: d images / d ws) and then backpropagates it: `module` unless the
         wrapper's hooks break on that inner autograd.grad."""
-        return self.module
+        return self.uncompiled
 
     def no_sync(self) -> contextlib.AbstractContextManager:
         """Context for micro-batches before the last one: accumulate locally, reduce nothing yet."""
@@ -95,6 +98,7 @@ class Engine(ABC):
     world_size: int = 1
     device: torch.device
     precision: str = "fp32"
+    compile: bool = False  # engine.compile: training forwards through torch.compile
 
     @property
     def is_main(self) -> bool:
@@ -107,6 +111,13 @@ class Engine(ABC):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
 
+    def _compiled(self, net: Net) -> Net:
+        """engine.compile: the training forward through torch.compile (graphs are built at first use, and
+        again after a progressive stage changes the active blocks); `uncompiled` stays for penalties."""
+        if self.compile:
+            net.module = torch.compile(net.uncompiled)
+        return net
+
     def _scaler(self) -> torch.amp.GradScaler | None:
         return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
 
@@ -117,7 +128,7 @@ class Engine(ABC):
     def release(self, net: Net) -> None:
         """Let go of NET's wrapper (its gradient hooks) before the same parameters are wrapped again:
         growing models are re-wrapped at every stage change."""
-        net.module = net.raw
+        net.module = net.uncompiled = net.raw
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor

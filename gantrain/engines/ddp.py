@@ -24,14 +24,14 @@ from gantrain.engines.single import pick_device
 
 class DDPNet(Net):
     def no_sync(self):
-        return self.module.no_sync()
+        return self.uncompiled.no_sync()
 
 
 class DDPEngine(Engine):
     def __init__(self, cfg: EngineConfig):
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.device = pick_device(cfg.device, local_rank)
-        self.precision = cfg.precision
+        self.precision, self.compile = cfg.precision, cfg.compile
         self.sync_batchnorm = cfg.sync_batchnorm
         if self.sync_batchnorm and self.device.type != "cuda":
             raise ConfigError("engine.sync_batchnorm", "needs CUDA devices (torch's SyncBatchNorm has no CPU kernel)")
@@ -56,12 +56,13 @@ class DDPEngine(Engine):
         module = self.place(module)
         optimizer = make_optimizer(module.parameters())
         ids = [self.device.index] if self.device.type == "cuda" else None
-        net = DDPNet(DistributedDataParallel(module, device_ids=ids), module, optimizer, self._scaler())
+        net = self._compiled(DDPNet(DistributedDataParallel(module, device_ids=ids), module, optimizer,
+                                    self._scaler()))
         self.nets.append(net)
         return net
 
     def release(self, net: Net) -> None:
-        net.module = net.raw  # the DDP wrapper and its reducer (which holds the gradient hooks) go
+        net.module = net.uncompiled = net.raw  # the DDP wrapper and its reducer (which holds the gradient hooks) go
         self.nets.remove(net)
         gc.collect()
 

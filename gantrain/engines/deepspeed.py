@@ -196,7 +196,7 @@ class DeepSpeedEngine(DDPEngine):
 
     def release(self, net: Net) -> None:
         net.engine.destroy()  # removes ZeRO's gradient hooks from the parameters
-        net.module = net.engine = None
+        net.module = net.uncompiled = net.engine = None
         self.nets.remove(net)
 
     def close(self) -> None:

@@ -17,10 +17,10 @@ def pick_device(device: str, local_rank: int = 0) -> torch.device:
 
 
 class SingleEngine(Engine):
-    def __init__(self, device: str = "auto", precision: str = "fp32"):
+    def __init__(self, device: str = "auto", precision: str = "fp32", compile: bool = False):
         self.device = pick_device(device)
-        self.precision = precision
+        self.precision, self.compile = precision, compile
 
     def setup(self, module: nn.Module, make_optimizer: OptimizerFactory) -> Net:
         module = module.to(self.device)
-        return Net(module, module, make_optimizer(module.parameters()), self._scaler())
+        return self._compiled(Net(module, module, make_optimizer(module.parameters()), self._scaler()))

@@ -365,8 +365,10 @@ class Trainer:
             real = real.detach().requires_grad_(True)
         if "r2" in self.eager:
             fake = fake.detach().requires_grad_(True)
-        r = self.D.module(self._augmented(real), real_c, features=True)
-        f = self.D.module(self._augmented(fake), c, features=True)
+        # R1/R2 in this phase differentiate D's input gradient again: not through a compiled graph
+        d = self.D.uncompiled if {"r1", "r2"} & set(self.eager) else self.D.module
+        r = d(self._augmented(real), real_c, features=True)
+        f = d(self._augmented(fake), c, features=True)
         real_logits, fake_logits = r.logits.float(), f.logits.float()
         if self.adaptive:
             with torch.no_grad():
@@ -398,7 +400,7 @@ class Trainer:
                 return self._penalty(name, self._noisy(real), real_c, fake, c, None)
             x, x_c = fake, c
         x = x.detach().requires_grad_(True)
-        out = self.D.module(self._augmented(x), x_c, features=True)
+        out = self.D.uncompiled(self._augmented(x), x_c, features=True)
         return self._penalty(name, x, real_c, x, c, out.logits.float()) + _unused(out)
 
     def _penalty(self, name: str, real, real_c, fake, c, logits) -> torch.Tensor:
@@ -411,7 +413,7 @@ class Trainer:
         else:
             eps = torch.rand(real.shape[0], generator=self.rand, device=real.device)
             mixed = losses.interpolate(real.detach(), fake.detach(), eps).requires_grad_(True)
-            out = self.D.module(self._augmented(mixed), real_c, features=True)
+            out = self.D.uncompiled(self._augmented(mixed), real_c, features=True)
             value = losses.gradient_penalty(out.logits.float(), mixed, scale, reg.center, reg.one_sided)
             weight, zero = reg.weight, _unused(out)
         self.stats.add(f"Loss/{name.upper()}", value)
@@ -783,7 +785,7 @@ class Trainer:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main \
             else {}
         scalars: dict[str, float] = {}
-        last_snapshot = None
+        last_snapshot, snapped = None, -1  # snapped: the nimg this run last checkpointed at
         failed = True
         try:
             if self.nimg == 0:
@@ -814,18 +816,19 @@ class Trainer:
                     scalars = self.scalars = monitor.report(self.nimg, self.stats.reduce(self.engine), self.device)
                     if not done and self.host.preempted():
                         log.warning("preemption notice at kimg %.2f: checkpointing now", self.nimg / 1000)
-                        last_snapshot = self.snapshot()
+                        last_snapshot, snapped = self.snapshot(), self.nimg
                 if due("image_kimg"):
                     self._grid(monitor)
                 if cfg.eval.metrics and due("eval"):
                     self._evaluate(monitor)
-                if due("snapshot_kimg"):
-                    last_snapshot = self.snapshot()
+                if due("snapshot_kimg") and snapped != self.nimg:
+                    last_snapshot, snapped = self.snapshot(), self.nimg
             if self.nimg < total:  # stopped by a signal on some rank
                 reason = f"signal {self._stop_signal}" if self._stop_signal else "requested on some rank"
                 log.warning("stop requested (%s) at kimg %.2f: checkpointing and stopping", reason, self.nimg / 1000)
                 self.loader.close()  # the workers' fate no longer matters: the cursor is in the rank
-                last_snapshot = self.snapshot()
+                if snapped != self.nimg:  # not twice at one step (a host would hear of one checkpoint twice)
+                    last_snapshot = self.snapshot()
             failed = False
         finally:
             for sig, handler in previous.items():
