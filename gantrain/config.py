@@ -109,6 +109,15 @@ class ModelConfig:
     # With engine.precision fp16/bf16: only the blocks of the top N resolutions (not below 8x8) compute in
     # it, the rest and D's epilogue in fp32 (the reference's num_fp16_res, 4); with fp32 it changes nothing.
     num_fp16_res: int = 4
+    # Any family: weight init (default: the family's own; ortho: BigGAN's orthogonal; n02; xavier) and the
+    # spectral norm's eps (torch's 1e-12; BigGAN's reference trains with 1e-6).
+    init: Literal["default", "ortho", "n02", "xavier"] = "default"
+    sn_eps: float = 1e-12
+    # BigGAN (model.name=biggan; Brock et al. 2019, as BigGAN-PyTorch builds it): `channels` is its ch.
+    shared_dim: int = 128  # the shared class embedding joined to each block's latent chunk (0: none)
+    hier: bool = True  # hierarchical latents: z split into one chunk per block + one for the input layer
+    attention: list[int] = field(default_factory=lambda: [64])  # self-attention at these resolutions
+    bn_eps: float = 1e-5  # G's batch norms
 
     def validate(self) -> None:
         from gantrain.models import FAMILY_KEYS, MODELS
@@ -125,6 +134,11 @@ class ModelConfig:
         if self.resolution is not None:
             _check(_is_pow2(self.resolution) and self.resolution >= 8, "model.resolution",
                    f"must be a power of two >= 8 (got {self.resolution})")
+        _check(self.sn_eps > 0, "model.sn_eps", f"must be > 0 (got {self.sn_eps})")
+        _check(self.bn_eps > 0, "model.bn_eps", f"must be > 0 (got {self.bn_eps})")
+        _check(self.shared_dim >= 0, "model.shared_dim", f"must be >= 0 (got {self.shared_dim})")
+        _check(all(_is_pow2(r) and r >= 8 for r in self.attention), "model.attention",
+               f"must list powers of two >= 8 (got {self.attention})")
         _check(self.w_dim > 0, "model.w_dim", f"must be > 0 (got {self.w_dim})")
         _check(self.mapping_layers >= 1, "model.mapping_layers", f"must be >= 1 (got {self.mapping_layers})")
         _check(self.channel_base > 0, "model.channel_base", f"must be > 0 (got {self.channel_base})")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gantrain.models.base import DataSpec, Discriminator, Generator
-from gantrain.models.layers import DOutput, spectral_norm_all
+from gantrain.models.layers import DOutput, initialize, spectral_norm_all
 
 if TYPE_CHECKING:
     from gantrain.config import ModelConfig
@@ -54,8 +54,17 @@ def _stylegan2(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminat
                                    num_fp16_res=cfg.num_fp16_res))
 
 
+def _biggan(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:
+    from gantrain.models.biggan import BigGANDiscriminator, BigGANGenerator
+
+    spec = DataSpec(spec.resolution, spec.channels, spec.num_classes if cfg.conditional else 0)
+    attention = tuple(cfg.attention)
+    return (BigGANGenerator(spec, cfg.z_dim, cfg.channels, cfg.shared_dim, cfg.hier, attention, cfg.bn_eps),
+            BigGANDiscriminator(spec, cfg.channels, attention))
+
+
 MODELS: dict[str, Callable[[ModelConfig, DataSpec], tuple[Generator, Discriminator]]] = {
-    "dcgan": _dcgan, "progan": _progan, "mlp": _mlp, "dirac": _dirac, "stylegan2": _stylegan2}
+    "dcgan": _dcgan, "progan": _progan, "mlp": _mlp, "dirac": _dirac, "stylegan2": _stylegan2, "biggan": _biggan}
 
 # The model keys the original families read; a family that reads others declares its own full set in
 # FAMILY_KEYS (what the HParams table lists, and which config checks apply to it).
@@ -65,15 +74,19 @@ FAMILY_KEYS: dict[str, tuple[str, ...]] = {
     "stylegan2": ("name", "z_dim", "w_dim", "mapping_layers", "channel_base", "max_channels", "conditional",
                   "spectral_norm", "d_architecture", "minibatch_group", "minibatch_channels", "conv_clamp",
                   "style_mixing", "num_fp16_res", "resolution"),
+    "biggan": ("name", "z_dim", "channels", "conditional", "spectral_norm", "sn_eps", "init", "shared_dim", "hier",
+               "attention", "bn_eps", "resolution"),
 }
 
 
 def build(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminator]:
     G, D = MODELS[cfg.name](cfg, spec)
+    initialize(G, cfg.init)
+    initialize(D, cfg.init)
     if cfg.spectral_norm in ("g", "both"):
-        spectral_norm_all(G)
+        spectral_norm_all(G, cfg.sn_eps)
     if cfg.spectral_norm in ("d", "both"):
-        spectral_norm_all(D)
+        spectral_norm_all(D, cfg.sn_eps)
     return G, D
 
 

@@ -120,11 +120,31 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
 
 
-def spectral_norm_all(module: nn.Module) -> nn.Module:
+def spectral_norm_all(module: nn.Module, eps: float = 1e-12) -> nn.Module:
     """Spectral normalization (Miyato et al. 2018) on every conv, linear and embedding weight of MODULE,
-    via torch's parametrization (one power iteration per training forward; u, v are buffers)."""
-    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding))]
+    via torch's parametrization (one power iteration per training forward; u, v are buffers; EPS guards
+    the normalizations). A layer whose model marks it `no_spectral_norm` keeps its plain weight."""
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding))
+              and not getattr(m, "no_spectral_norm", False)]
     for m in layers:
         # ConvTranspose2d keeps output channels in dim 1 of its weight.
-        nn.utils.parametrizations.spectral_norm(m, dim=1 if isinstance(m, nn.ConvTranspose2d) else 0)
+        nn.utils.parametrizations.spectral_norm(m, eps=eps, dim=1 if isinstance(m, nn.ConvTranspose2d) else 0)
+    return module
+
+
+INITS = ("default", "ortho", "n02", "xavier")
+
+
+def initialize(module: nn.Module, scheme: str) -> nn.Module:
+    """model.init for any family: every conv, linear and embedding weight of MODULE re-drawn by SCHEME --
+    ortho (orthogonal, BigGAN's), n02 (normal, std 0.02, DCGAN's), xavier (Glorot uniform) -- biases
+    zeroed; default keeps the family's own initialization (equalized-lr families need theirs)."""
+    if scheme == "default":
+        return module
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+            {"ortho": nn.init.orthogonal_, "xavier": nn.init.xavier_uniform_,
+             "n02": lambda w: nn.init.normal_(w, 0.0, 0.02)}[scheme](m.weight)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
     return module
