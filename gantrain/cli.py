@@ -595,7 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class", dest="class_index", type=int, help="class for every sample (conditional models; "
                    "default: one class per row)")
-    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1: none)")
+    p.add_argument("--truncation", type=float, default=1.0,
+                   help="truncation psi (1: none): w towards w_avg (style-based), z entries beyond psi redrawn "
+                   "(BigGAN), z * psi (others)")
     p.add_argument("--seeds", help="one image per seed, e.g. 0-63 or 85,100: the same image for a seed on every "
                    "machine; --out DIR writes seedNNNN.png files, --out FILE.png a grid")
     _style_arguments(p)

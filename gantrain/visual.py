@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from gantrain.atomic import atomic_open, atomic_save
 from gantrain.models import Generator
-from gantrain.models.base import truncate_ws
+from gantrain.models.base import resample_truncation, truncate_ws
 from gantrain.sampling import label_columns, make_grid, to_uint8, upscale
 
 
@@ -57,6 +57,8 @@ def render(G: Generator, z: torch.Tensor, c: torch.Tensor | None, psi: float = 1
     if style_based(G):
         w = truncate(G, G.mapping(z, c) if w is None else w, psi, cutoff)
         images = G.synthesis(w, noise_mode) if noise_mode else G.synthesis(w)
+    elif getattr(G, "truncation", "shrink") == "resample":  # BigGAN: psi is the threshold; 1 means none
+        images = G(z if psi == 1 else resample_truncation(z, psi), c)
     else:
         images = G(z * psi, c)
     if resolution and images.shape[-1] != resolution:

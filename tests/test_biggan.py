@@ -155,3 +155,19 @@ def test_the_cpu_preset_trains_through_the_cli_and_writes_grids_and_scalars(tmp_
     stats = (run_dir / "stats.jsonl").read_text()
     assert '"Loss/ortho"' in stats and '"Loss/D"' in stats
     assert list((run_dir / "tb").glob("events.*"))
+
+
+def test_truncation_by_resampling_and_through_render():
+    from gantrain.models.base import resample_truncation
+    from gantrain.visual import render
+
+    z = torch.randn(64, 120, generator=torch.Generator().manual_seed(0))
+    t = resample_truncation(z, 0.5)
+    inside = z.abs() <= 0.5
+    assert (t.abs() <= 0.5).all() and torch.equal(t[inside], z[inside]) and not torch.equal(t, z)
+    assert torch.equal(resample_truncation(z, 0.5), t)  # deterministic
+    G = BigGANGenerator(models.DataSpec(32, 3, 10), **TINY).eval()
+    z, c = torch.randn(4, 24), torch.arange(4)
+    assert torch.equal(render(G, z, c, psi=1.0), render(G, z, c))  # 1: no truncation
+    assert not torch.equal(render(G, z, c, psi=0.5), render(G, z, c))
+    assert torch.equal(render(G, z, c, psi=0.5), render(G, resample_truncation(z, 0.5), c))

@@ -33,6 +33,9 @@ class Generator(nn.Module):
     # True for a generator that draws random numbers in its forward (noise inputs, style mixing): the loop
     # then reseeds torch's default generators per rank and phase from its checkpointed latent generator.
     stochastic: bool = False
+    # The truncation trick in z of a non-style-based G: shrink (z * psi) or resample (BigGAN: entries
+    # beyond the threshold psi redrawn, gantrain.models.base.resample_truncation).
+    truncation: str = "shrink"
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -43,6 +46,18 @@ class Discriminator(nn.Module):
 
     def forward(self, images: torch.Tensor, c: torch.Tensor | None = None, features: bool = False):
         raise NotImplementedError
+
+
+def resample_truncation(z: torch.Tensor, threshold: float, seed: int = 0) -> torch.Tensor:
+    """BigGAN's truncation trick: every entry of Z with |z| > THRESHOLD redrawn from N(0, 1) until it lies
+    within (so Z becomes a truncated normal); entries already within are kept. Deterministic for SEED."""
+    gen = torch.Generator(device=z.device).manual_seed(seed)
+    z = z.clone()
+    outside = z.abs() > threshold
+    while outside.any():
+        z[outside] = torch.randn(int(outside.sum()), generator=gen, device=z.device, dtype=z.dtype)
+        outside = z.abs() > threshold
+    return z
 
 
 def truncate_ws(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | None = None) -> torch.Tensor:

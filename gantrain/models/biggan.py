@@ -125,6 +125,8 @@ def _check_resolution(resolution: int) -> None:
 
 
 class BigGANGenerator(Generator):
+    truncation = "resample"  # the paper's truncation trick: z entries beyond the threshold redrawn
+
     def __init__(self, spec: DataSpec, z_dim: int = 120, ch: int = 96, shared_dim: int = 128, hier: bool = True,
                  attention: tuple[int, ...] = (64,), bn_eps: float = 1e-5):
         super().__init__()
