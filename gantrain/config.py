@@ -287,6 +287,7 @@ class TrainConfig:
     d_steps: int = 1  # D steps per G step
     ema_kimg: float = 10.0  # G_ema half-life in kimg
     ema_rampup: float | None = 0.05  # half-life <= rampup * images seen so far; None disables
+    ema_start: float = 0.0  # kimg before which G_ema copies G (BigGAN: 20k iterations)
     # Steps in a row skipped or rolled back for non-finite values (or fp16 overflow) before the run stops.
     max_bad_steps: int = 50
 
@@ -300,6 +301,7 @@ class TrainConfig:
         _check(self.d_steps >= 1, "train.d_steps", f"must be >= 1 (got {self.d_steps})")
         _check(self.max_bad_steps >= 1, "train.max_bad_steps", f"must be >= 1 (got {self.max_bad_steps})")
         _check(self.ema_kimg >= 0, "train.ema_kimg", f"must be >= 0 (got {self.ema_kimg})")
+        _check(self.ema_start >= 0, "train.ema_start", f"must be >= 0 (got {self.ema_start})")
         if self.ema_rampup is not None:
             _check(self.ema_rampup > 0, "train.ema_rampup", f"must be > 0 or null (got {self.ema_rampup})")
 
@@ -489,6 +491,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lsgan": {"loss": {"name": "lsgan"}, "optim": {"name": "adam", "g_lr": 2e-4, "d_lr": 2e-4, "betas": [0.5, 0.999]}},
     # Mescheder et al. 2018 / StyleGAN2: non-saturating loss with lazy R1, gamma 10 every 16 D steps.
     "r1": {"loss": {"name": "nonsaturating", "r1": {"weight": 10.0, "interval": 16}}},
+    # Brock et al. 2019, Appendix C (ImageNet at 128, batch 2048): hinge, 2 D steps per G step, Adam(5e-5 /
+    # 2e-4, 0, 0.999), orthogonal regularization beta 1e-4 on G (weight 5e-5 here: losses.orthogonal_penalty),
+    # SN in G and D, orthogonal init; G_ema decay 0.9999 per step (half-life 6,931 steps x 2048 images =
+    # 14,195 kimg) from step 20,000 (40,960 kimg at batch 2048).
+    "biggan": {"model": {"name": "biggan", "spectral_norm": "both", "init": "ortho", "sn_eps": 1e-6},
+               "loss": {"name": "hinge", "ortho": {"weight": 5e-5}},
+               "train": {"d_steps": 2, "ema_kimg": 14195.0, "ema_rampup": None, "ema_start": 40960.0},
+               "optim": {"name": "adam", "g_lr": 5e-5, "d_lr": 2e-4, "betas": [0.0, 0.999]}},
+    # BigGAN-PyTorch's 8-GPU ImageNet-128 script (launch_BigGAN_bs256x8.sh): G lr 1e-4, D lr 4e-4, 1 D step,
+    # Adam eps 1e-6, no orthogonal penalty, G_ema 0.9999 from iteration 20,000, SN eps 1e-6.
+    "biggan-ref": {"model": {"name": "biggan", "spectral_norm": "both", "init": "ortho", "sn_eps": 1e-6},
+                   "loss": {"name": "hinge", "ortho": {"weight": 0.0}},
+                   "train": {"d_steps": 1, "ema_kimg": 14195.0, "ema_rampup": None, "ema_start": 40960.0},
+                   "optim": {"name": "adam", "g_lr": 1e-4, "d_lr": 4e-4, "betas": [0.0, 0.999], "eps": 1e-6}},
 }
 
 

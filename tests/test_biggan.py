@@ -166,8 +166,23 @@ def test_truncation_by_resampling_and_through_render():
     inside = z.abs() <= 0.5
     assert (t.abs() <= 0.5).all() and torch.equal(t[inside], z[inside]) and not torch.equal(t, z)
     assert torch.equal(resample_truncation(z, 0.5), t)  # deterministic
+    assert torch.equal(resample_truncation(z, 0.0), torch.zeros_like(z))  # the limit (psi 0 of the sweeps)
     G = BigGANGenerator(models.DataSpec(32, 3, 10), **TINY).eval()
     z, c = torch.randn(4, 24), torch.arange(4)
     assert torch.equal(render(G, z, c, psi=1.0), render(G, z, c))  # 1: no truncation
     assert not torch.equal(render(G, z, c, psi=0.5), render(G, z, c))
     assert torch.equal(render(G, z, c, psi=0.5), render(G, resample_truncation(z, 0.5), c))
+
+
+PRESETS = [("biggan", 5e-5, 2e-4, 2, 5e-5, 1e-8), ("biggan-ref", 1e-4, 4e-4, 1, 0.0, 1e-6)]
+
+
+@pytest.mark.parametrize("preset,g_lr,d_lr,d_steps,ortho,eps", PRESETS)
+def test_the_paper_and_reference_presets(preset, g_lr, d_lr, d_steps, ortho, eps):
+    cfg = config_mod.from_dict({"preset": preset, "data": {"path": "x"}, "model": {"conditional": True}})
+    want = ("biggan", "both", "ortho", "hinge")
+    assert (cfg.model.name, cfg.model.spectral_norm, cfg.model.init, cfg.loss.name) == want
+    assert (cfg.optim.g_lr, cfg.optim.d_lr, cfg.train.d_steps, cfg.loss.ortho.weight, cfg.optim.eps) == \
+        (g_lr, d_lr, d_steps, ortho, eps)
+    assert cfg.optim.betas == [0.0, 0.999] and cfg.train.ema_start == 40960.0  # 20k steps at batch 2048
+    assert 0.5 ** (2048 / (cfg.train.ema_kimg * 1000)) == pytest.approx(0.9999, abs=1e-8)

@@ -51,3 +51,27 @@ def test_ema_update_by_hand_over_steps():
         assert torch.allclose(got, want, atol=1e-6)
     for got, want in zip(ema.buffers(), model.buffers()):
         assert torch.equal(got, want)  # buffers are copied, not averaged
+
+
+def test_ema_start_copies_g_until_then_and_averages_after(digits16, tmp_path):
+    """train.ema_start (BigGAN's): G_ema is G, buffers and all, for the first 0.032 kimg (2 steps of 16),
+    then an average: after the third step it differs from G and from the G of the step before."""
+    from conftest import tiny_config
+    from gantrain.data.stream import read_manifest
+    from gantrain.engines.single import SingleEngine
+    from gantrain.train.loop import Trainer, resolve
+
+    cfg = tiny_config(digits16, train={"ema_start": 0.032, "ema_kimg": 0.05, "ema_rampup": None})
+    trainer = Trainer(resolve(cfg, read_manifest(digits16), 1), tmp_path, SingleEngine("cpu"))
+    try:
+        for _ in range(2):
+            trainer.train_step()
+            for name, value in trainer.G_model.state_dict().items():
+                assert torch.equal(trainer.G_ema.state_dict()[name], value), name
+        before = {k: v.clone() for k, v in trainer.G_model.state_dict().items()}
+        trainer.train_step()
+        ema, now = trainer.G_ema.state_dict(), trainer.G_model.state_dict()
+        weights = [k for k, v in now.items() if k.endswith("weight")]
+        assert all(not torch.equal(ema[k], now[k]) and not torch.equal(ema[k], before[k]) for k in weights)
+    finally:
+        trainer.loader.close()

@@ -50,7 +50,10 @@ class Discriminator(nn.Module):
 
 def resample_truncation(z: torch.Tensor, threshold: float, seed: int = 0) -> torch.Tensor:
     """BigGAN's truncation trick: every entry of Z with |z| > THRESHOLD redrawn from N(0, 1) until it lies
-    within (so Z becomes a truncated normal); entries already within are kept. Deterministic for SEED."""
+    within (so Z becomes a truncated normal); entries already within are kept. Deterministic for SEED.
+    A threshold of 0 gives the limit, z = 0 (what the sampling tools' psi 0 means for every family)."""
+    if threshold <= 0:
+        return torch.zeros_like(z)
     gen = torch.Generator(device=z.device).manual_seed(seed)
     z = z.clone()
     outside = z.abs() > threshold

@@ -11,8 +11,11 @@ import torch
 from torch import nn
 
 
-def ema_beta(batch: int, nimg: int, ema_kimg: float, rampup: float | None) -> float:
-    """Decay for one step of BATCH images taken when NIMG images had been seen."""
+def ema_beta(batch: int, nimg: int, ema_kimg: float, rampup: float | None, start_kimg: float = 0.0) -> float:
+    """Decay for one step of BATCH images taken when NIMG images had been seen; 0 (G_ema copies G) until
+    START_KIMG (BigGAN's ema_start)."""
+    if nimg < start_kimg * 1000:
+        return 0.0
     ema_nimg = ema_kimg * 1000
     if rampup is not None:
         ema_nimg = min(ema_nimg, nimg * rampup)

@@ -601,7 +601,7 @@ class Trainer:
         batch = self.stage.batch
         if g_applied:  # a G step skipped (fp16 overflow, non-finite values) leaves G_ema alone too
             update_ema(self.G_ema, self.G_model, ema_beta(batch, self.nimg, self.cfg.train.ema_kimg,
-                                                          self.cfg.train.ema_rampup))
+                                                          self.cfg.train.ema_rampup, self.cfg.train.ema_start))
         self.nimg += batch
         self.step += 1
         if self.adaptive and self.step % self.cfg.augment.interval == 0:
