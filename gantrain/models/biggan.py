@@ -67,7 +67,7 @@ class SelfAttention(nn.Module):
         self.phi = nn.Conv2d(channels, channels // 8, 1, bias=False)
         self.g = nn.Conv2d(channels, channels // 2, 1, bias=False)
         self.o = nn.Conv2d(channels // 2, channels, 1, bias=False)
-        self.gamma = nn.Parameter(torch.zeros(()))
+        self.gamma = nn.Parameter(torch.zeros(1))  # 1-d, not 0-d: ZeRO flattens parameters through views
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
