@@ -56,7 +56,8 @@ def settings(dry_run: bool) -> dict[str, tuple[str | None, int, int, list[str]]]
             "stylegan2-16-ada": ("configs/stylegan2-cpu.yaml", 16, 8, [
                 "model.channel_base=256", "model.max_channels=32", "model.z_dim=32", "model.w_dim=32",
                 "augment.name=ada", "augment.p=0.5", "augment.target=null"]),
-            "biggan-16": (None, 16, 8, []),
+            "biggan-32": ("configs/biggan-cpu.yaml", 32, 8, ["model.channels=4", "model.shared_dim=8",
+                                                             "model.z_dim=16"]),
         }
     return {
         "stylegan2-paper256": ("configs/stylegan2-paper256.yaml", 256, 64, no_aug),
@@ -67,7 +68,8 @@ def settings(dry_run: bool) -> dict[str, tuple[str | None, int, int, list[str]]]
         "dcgan-64": ("configs/quickstart.yaml", 64, 128, ["model.channels=64", "model.z_dim=100"]),
         # The 256x256 stage of the CelebA-HQ run (its batch table gives 14): the blocks above are idle there.
         "progan-256-stabilize": ("configs/progan-celebahq-1024.yaml", 256, 14, ["progressive.start_resolution=256"]),
-        "biggan-128-ch96": (None, 128, 256, []),
+        # The paper's networks (ch 96); 256 per pass, as the reference's 8-GPU script (2048 in 8 accumulations).
+        "biggan-128-ch96": ("configs/biggan-imagenet128.yaml", 128, 256, []),
     }
 
 
@@ -76,7 +78,8 @@ def settings(dry_run: bool) -> dict[str, tuple[str | None, int, int, list[str]]]
 GPU_COMPILE = {("stylegan2-paper256", "fp16"), ("stylegan2-paper256", "bf16"), ("dcgan-64", "fp32"),
                ("stylegan2-config-f-1024", "fp16")}
 DRY_COMPILE = {("dcgan-16", "fp32")}
-DRY_PRECISION = {"dcgan-16": "fp32", "progan-16-stabilize": "bf16", "stylegan2-16": "fp16", "stylegan2-16-ada": "bf16"}
+DRY_PRECISION = {"dcgan-16": "fp32", "progan-16-stabilize": "bf16", "stylegan2-16": "fp16", "stylegan2-16-ada": "bf16",
+                 "biggan-32": "fp32"}
 
 
 def precisions(name: str, dry_run: bool) -> list[str]:
@@ -167,19 +170,20 @@ class InMemory:
         pass
 
 
-def synthetic_data(root: Path, resolution: int, channels: int = 3, count: int = 8) -> Path:
-    """A packed data set of COUNT random images (its manifest gives the trainer resolution and channels)."""
+def synthetic_data(root: Path, resolution: int, channels: int = 3, count: int = 10) -> Path:
+    """A packed data set of COUNT random images in 10 classes (its manifest gives the trainer resolution,
+    channels and classes; the images themselves come from memory)."""
     import numpy as np
 
     from gantrain.data.pack import pack
     from gantrain.data.sources import open_source
 
-    out = root / f"random-{resolution}-{channels}"
+    out = root / f"random-{resolution}-{channels}-{count}"
     if not (out / "manifest.json").exists():
         rng = np.random.default_rng(0)
         shape = (count, resolution, resolution, channels) if channels > 1 else (count, resolution, resolution)
-        npz = root / f"random-{resolution}-{channels}.npz"
-        np.savez(npz, images=rng.integers(0, 256, shape, dtype=np.uint8))
+        npz = root / f"random-{resolution}-{channels}-{count}.npz"
+        np.savez(npz, images=rng.integers(0, 256, shape, dtype=np.uint8), labels=np.arange(count) % 10)
         pack(open_source(str(npz)), out, resolution, shard_size=count, progress=False)
     return out
 
