@@ -89,7 +89,7 @@ def main() -> None:
     for name in [args.only] if args.only else VARIANTS:
         run_dir = train(name, small, classifier, Path(args.runs), args.kimg, args.every)
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        curves[name] = [(row["kimg"], row["fid"]) for row in rows]
+        curves[name] = [(round(row["nimg"] / 1000), row["Metrics/fid"]) for row in rows if "Metrics/fid" in row]
         held[name] = held_out_fid(run_dir, full, classifier)
         stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
         if name == "ada":
