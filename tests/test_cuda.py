@@ -29,6 +29,7 @@ from gantrain.data.stream import read_manifest
 from gantrain.engines.single import SingleEngine
 from gantrain.train import checkpoint
 from gantrain.train.loop import Trainer, resolve, run
+from test_distributed import _assert_equal_nets
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda" if torch.cuda.is_available() else os.environ.get("GANTRAIN_TEST_DEVICE", "cpu")
@@ -51,14 +52,6 @@ def _cfg(path: Path, device: str = DEVICE, **sections):
     return tiny_config(path, **sections)
 
 
-def _same_nets(a: dict, b: dict) -> None:
-    for net in ("G", "D"):
-        for name, tensor in a[net]["model"].items():
-            assert torch.equal(tensor, b[net]["model"][name]), f"{net}.{name}"
-    for name, tensor in a["G_ema"].items():
-        assert torch.equal(tensor, b["G_ema"][name]), f"G_ema.{name}"
-
-
 def test_training_on_the_device_resumes_bit_exactly_and_moves_to_cpu_and_back(random16, tmp_path):
     """Lazy R1 and EMA on the device: 6 steps == 3, stop, resume, 3 more (bit-exact under deterministic
     kernels); that checkpoint continues on CPU, and the CPU's continues on the device."""
@@ -66,7 +59,7 @@ def test_training_on_the_device_resumes_bit_exactly_and_moves_to_cpu_and_back(ra
     straight = run(_cfg(random16, train={"kimg": 0.096}, **sections), tmp_path / "a")
     run(_cfg(random16, train={"kimg": 0.048}, **sections), tmp_path / "b")
     resumed = run(_cfg(random16, train={"kimg": 0.096}, **sections), tmp_path / "b", resume="auto")
-    _same_nets(checkpoint.load(straight["checkpoint"]), checkpoint.load(resumed["checkpoint"]))
+    _assert_equal_nets(checkpoint.load(straight["checkpoint"]), checkpoint.load(resumed["checkpoint"]))
     on_cpu = run(_cfg(random16, "cpu", train={"kimg": 0.128}, **sections), tmp_path / "b", resume="auto")
     back = run(_cfg(random16, train={"kimg": 0.16}, **sections), tmp_path / "b", resume="auto")
     final = checkpoint.load(back["checkpoint"])

@@ -39,8 +39,8 @@ class Net:
     @property
     def for_double_backward(self) -> nn.Module:
         """What a loss calls forward on when it takes an input gradient of an intermediate result inside
-        this network (path length: d images / d ws) and then backpropagates it: `module` unless the
-        wrapper's hooks break on that inner autograd.grad."""
+        this network (path length: d images / d ws) and then backpropagates it: `uncompiled` (a compiled
+        graph has no double backward) unless the wrapper's hooks break on that inner autograd.grad."""
         return self.uncompiled
 
     def no_sync(self) -> contextlib.AbstractContextManager:
