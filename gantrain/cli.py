@@ -147,12 +147,30 @@ def _output_shape(G, device="cpu") -> tuple[int, ...]:
         return tuple(G(torch.zeros(1, G.z_dim, device=device), c).shape)
 
 
-def _image_generator(path: str):
+def _image_generator(path: str, args: argparse.Namespace | None = None):
+    """The checkpoint's G_ema for an image command; with --standing-stats, its batch-norm statistics
+    recomputed first (gantrain.sampling.standing_stats)."""
     G = load_generator(path)
     if len(_output_shape(G)) != 4:
         raise config_mod.ConfigError("checkpoint", f"{path} is a toy model: it makes points, not images "
                                      "(its run dir has them as scatter plots, fakes-*.png)")
+    passes = getattr(args, "standing_stats", 0)
+    if passes:
+        from gantrain.sampling import standing_stats
+
+        if args.standing_batch < 1:
+            raise config_mod.ConfigError("--standing-batch", f"must be >= 1 (got {args.standing_batch})")
+        if not standing_stats(G, passes, args.standing_batch, args.seed):
+            raise config_mod.ConfigError("--standing-stats", f"{path}: this generator has no batch norm (only "
+                                         "batch-normalized generators such as BigGAN have statistics to recompute)")
     return G
+
+
+def _standing_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--standing-stats", type=int, default=0, metavar="N",
+                   help="recompute G_ema's batch-norm statistics over N training-mode forwards first (BigGAN's "
+                   "standing statistics; 0: use the checkpoint's running statistics)")
+    p.add_argument("--standing-batch", type=int, default=64, help="latents per standing-statistics forward")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -161,7 +179,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from gantrain.sampling import latents, make_grid, save_png
     from gantrain.visual import render, seed_latents
 
-    G = _image_generator(args.checkpoint)
+    G = _image_generator(args.checkpoint, args)
     _check_class(G, args.class_index)
     cutoff, noise_mode = _style_options(G, args)
     seeds = _ints(args.seeds, "--seeds") if args.seeds else None
@@ -250,7 +268,7 @@ def cmd_truncation(args: argparse.Namespace) -> int:
     from gantrain.sampling import save_png
     from gantrain.visual import truncation_sweep
 
-    G = _image_generator(args.checkpoint)
+    G = _image_generator(args.checkpoint, args)
     _check_class(G, args.class_index)
     psis = _floats(args.psi, "--psi")
     cutoff, noise_mode = _style_options(G, args)
@@ -278,7 +296,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
     if Path(args.out).suffix.lower() not in (".gif", ".mp4"):
         raise config_mod.ConfigError("--out", f"{args.out}: use a .gif or .mp4 file name")
-    G = _image_generator(args.checkpoint)
+    G = _image_generator(args.checkpoint, args)
     _check_class(G, args.class_index)
     cutoff, noise_mode = _style_options(G, args)
     frames = interpolation_frames(G, args.n, args.keyframes, args.steps, args.seed, args.class_index, args.truncation,
@@ -358,7 +376,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _init_distributed()
     try:
         device = _eval_device(args.device)
-        G = _image_generator(args.checkpoint).to(device)
+        G = _image_generator(args.checkpoint, args).to(device)
         channels = _output_shape(G, device)[1]
         if channels != manifest.channels:
             raise config_mod.ConfigError("--data", f"{args.data} has {manifest.channels}-channel images, the "
@@ -601,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="one image per seed, e.g. 0-63 or 85,100: the same image for a seed on every "
                    "machine; --out DIR writes seedNNNN.png files, --out FILE.png a grid")
     _style_arguments(p)
+    _standing_arguments(p)
     p.add_argument("--scale", type=int, default=1, help="enlarge every image N times (nearest neighbour)")
     p.set_defaults(func=cmd_sample)
 
@@ -628,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, help="enlarge every image N times (nearest neighbour); default: enough "
                    "for the psi labels to fit")
     _style_arguments(p)
+    _standing_arguments(p)
     p.set_defaults(func=cmd_truncation)
 
     p = sub.add_parser("interpolate", help="latent walk as an animated .gif or .mp4")
@@ -642,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_index", type=int)
     p.add_argument("--truncation", type=float, default=1.0)
     _style_arguments(p)
+    _standing_arguments(p)
     p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("montage", help="training progress: the fixed-latent grids of a run, one row per snapshot")
@@ -661,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(`gantrain eval train-classifier` trains the domain classifier)")
     p.add_argument("checkpoint", help="checkpoint-*.pt or G_ema-*.safetensors")
     p.add_argument("--data", required=True, help="shard directory (with manifest.json) of the real images")
-    p.add_argument("--metrics", default="fid,kid,pr", help="comma-separated: fid, kid, is, pr, dc")
+    p.add_argument("--metrics", default="fid,kid,pr", help="comma-separated: fid, kid, is, pr, dc, acc (class "
+                   "accuracy of a conditional G's samples; classifier extractor)")
     p.add_argument("--num-samples", type=int, default=10000)
     p.add_argument("--num-real", type=int, help="reals used (first N in shard order; default all)")
     p.add_argument("--extractor", choices=("inception", "classifier"), default="inception")
@@ -676,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--nproc", type=int, default=1, help="split generation and embedding over N local ranks")
+    _standing_arguments(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train-classifier", prog="gantrain eval train-classifier",

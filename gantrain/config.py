@@ -287,7 +287,7 @@ class TrainConfig:
     d_steps: int = 1  # D steps per G step
     ema_kimg: float = 10.0  # G_ema half-life in kimg
     ema_rampup: float | None = 0.05  # half-life <= rampup * images seen so far; None disables
-    ema_start: float = 0.0  # kimg before which G_ema copies G (BigGAN: 20k iterations)
+    ema_start: float = 0.0  # kimg (of images D sees) before which G_ema copies G (BigGAN: 20k G iterations)
     # Steps in a row skipped or rolled back for non-finite values (or fp16 overflow) before the run stops.
     max_bad_steps: int = 50
 
@@ -394,7 +394,7 @@ class LogConfig:
 class EvalConfig:
     """Sample-quality metrics during training (gantrain.metrics); `gantrain eval` takes the same settings."""
 
-    metrics: list[str] = field(default_factory=list)  # any of fid, kid, is, pr, dc; empty: no evaluation
+    metrics: list[str] = field(default_factory=list)  # any of fid, kid, is, pr, dc, acc; empty: no evaluation
     every_kimg: float = 50.0  # evaluate G_ema every N kimg (and at the end of training)
     num_samples: int = 5000  # generated samples per evaluation
     num_real: int | None = None  # reals from data.path (first N in shard order); None: all of them
@@ -493,16 +493,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "r1": {"loss": {"name": "nonsaturating", "r1": {"weight": 10.0, "interval": 16}}},
     # Brock et al. 2019, Appendix C (ImageNet at 128, batch 2048): hinge, 2 D steps per G step, Adam(5e-5 /
     # 2e-4, 0, 0.999), orthogonal regularization beta 1e-4 on G (weight 5e-5 here: losses.orthogonal_penalty),
-    # SN in G and D, orthogonal init; G_ema decay 0.9999 per step (half-life 6,931 steps x 2048 images =
-    # 14,195 kimg) from step 20,000 (40,960 kimg at batch 2048).
+    # SN in G and D, orthogonal init; G_ema decay 0.9999 per G iteration from iteration 20,000.
     "biggan": {"model": {"name": "biggan", "spectral_norm": "both", "init": "ortho", "sn_eps": 1e-6},
                "loss": {"name": "hinge", "ortho": {"weight": 5e-5}},
-               "train": {"d_steps": 2, "ema_kimg": 14195.0, "ema_rampup": None, "ema_start": 40960.0},
+               # G_ema 0.9999 per G iteration of 2 D steps x 2048 images: a half-life of 6,931 iterations =
+               # 28,390 kimg; from iteration 20,000 = 81,920 kimg (gantrain counts the images D sees).
+               "train": {"d_steps": 2, "ema_kimg": 28390.0, "ema_rampup": None, "ema_start": 81920.0},
                "optim": {"name": "adam", "g_lr": 5e-5, "d_lr": 2e-4, "betas": [0.0, 0.999]}},
     # BigGAN-PyTorch's 8-GPU ImageNet-128 script (launch_BigGAN_bs256x8.sh): G lr 1e-4, D lr 4e-4, 1 D step,
     # Adam eps 1e-6, no orthogonal penalty, G_ema 0.9999 from iteration 20,000, SN eps 1e-6.
     "biggan-ref": {"model": {"name": "biggan", "spectral_norm": "both", "init": "ortho", "sn_eps": 1e-6},
                    "loss": {"name": "hinge", "ortho": {"weight": 0.0}},
+                   # 1 D step: an iteration is 2048 images (half-life 6,931 iterations = 14,195 kimg).
                    "train": {"d_steps": 1, "ema_kimg": 14195.0, "ema_rampup": None, "ema_start": 40960.0},
                    "optim": {"name": "adam", "g_lr": 1e-4, "d_lr": 4e-4, "betas": [0.0, 0.999], "eps": 1e-6}},
 }
@@ -544,6 +546,11 @@ class Config:
         if self.eval.metrics:
             _check(self.data.toy.name == "none", "eval.metrics", "toy problems report their own figures "
                    "(Toy/*); sample-quality metrics need image data")
+        if "acc" in self.eval.metrics:
+            _check(model.conditional, "eval.metrics", "acc scores a conditional G's classes: it needs "
+                   "model.conditional=true")
+            _check(self.eval.extractor == "classifier", "eval.extractor", "eval.metrics acc needs a classifier "
+                   "trained on the data's labels (eval.extractor=classifier)")
         if model.name == "dirac":
             _check(self.data.toy.name == "dirac", "data.toy.name", "model.name=dirac needs data.toy.name=dirac")
         if self.engine.name == "deepspeed" and self.engine.zero_stage > 0:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from torch import nn
 
 from gantrain.atomic import atomic_open
 from gantrain.models import Generator
@@ -31,6 +32,37 @@ def latents(n: int, G: Generator, seed: int, rows: int | None = None, class_inde
 def generate(G: Generator, z: torch.Tensor, c: torch.Tensor | None, batch: int = 64) -> torch.Tensor:
     chunks = [G(z[i:i + batch], None if c is None else c[i:i + batch]) for i in range(0, len(z), batch)]
     return torch.cat(chunks).float().cpu()
+
+
+@torch.no_grad()
+def standing_stats(G: Generator, passes: int, batch: int = 64, seed: int = 0) -> int:
+    """BigGAN's standing statistics (BigGAN-PyTorch's accumulate_standing_stats): every batch norm's running
+    mean and variance reset, then recomputed as the plain average of the per-batch statistics over PASSES
+    training-mode forwards of BATCH untruncated latents with uniformly drawn classes (torch's cumulative
+    average, momentum None). Nothing else changes: weights, the other buffers and each layer's momentum and
+    mode are as before. The reference averages biased batch variances, torch's running_var averages
+    unbiased ones: a factor n / (n - 1) with n = batch x height x width per batch, 1.001 at 64 x 4 x 4.
+    Returns the number of batch norms updated (0: G has none)."""
+    norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or passes < 1:
+        return 0
+    settings = [(m.momentum, m.training) for m in norms]
+    device = next(G.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        for _ in range(passes):
+            z = torch.randn(batch, G.z_dim, generator=gen)
+            c = torch.randint(0, G.num_classes, (batch,), generator=gen) if G.num_classes else None
+            G(z.to(device), None if c is None else c.to(device))
+    finally:
+        for m, (momentum, training) in zip(norms, settings):
+            m.momentum = momentum
+            m.train(training)
+    return len(norms)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

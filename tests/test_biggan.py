@@ -33,6 +33,38 @@ def test_imagenet128_preset_has_the_reference_parameter_counts():
     assert sum(p.numel() for p in D.parameters()) == 87_982_370
 
 
+def test_cifar_preset_has_the_reference_parameter_counts():
+    """BigGAN-PyTorch's CIFAR networks (ch 64, z 128 unsplit, no shared embedding, no attention) have G
+    4,304,387 and D 4,207,361 parameters, counted from the reference's layer list: G = linear 128 -> 4096
+    (528,384) + 3 blocks of two 3x3 convs 256 -> 256 (590,080 each), a 1x1 skip (65,792) and four class
+    embeddings 10 x 256 (10,240) + output BN affine (512) + conv 256 -> 3 (6,915); D = 4 blocks (598,272,
+    1,245,952, 1,180,160, 1,180,160) + linear (257) + class embedding (2,560)."""
+    cfg = _preset_model("biggan-cifar")
+    assert (cfg.channels, cfg.z_dim, cfg.shared_dim, cfg.hier, cfg.attention) == (64, 128, 0, False, [])
+    G, D = models.build(cfg, models.DataSpec(32, 3, 10))
+    assert sum(p.numel() for p in G.parameters()) == 4_304_387
+    assert sum(p.numel() for p in D.parameters()) == 4_207_361
+    assert not hasattr(G.blocks[0].bn1.gain, "parametrizations")  # G's embeddings: never normalized
+    assert hasattr(G.blocks[0].conv1, "parametrizations") and hasattr(D.embed, "parametrizations")
+
+
+def test_per_layer_class_embeddings_condition_each_batch_norm():
+    torch.manual_seed(0)
+    bn = ConditionalBatchNorm(3, 0, eps=1e-5, classes=4)
+    torch.nn.init.normal_(bn.gain.weight)
+    torch.nn.init.normal_(bn.bias.weight)
+    x, c = torch.randn(4, 3, 2, 2), torch.tensor([0, 3, 3, 1])
+    mean, var = x.mean(dim=(0, 2, 3), keepdim=True), x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    want = (x - mean) / torch.sqrt(var + 1e-5) * (1 + bn.gain.weight[c])[:, :, None, None] \
+        + bn.bias.weight[c][:, :, None, None]
+    assert torch.allclose(bn(x, c), want, atol=1e-5)
+    G = BigGANGenerator(models.DataSpec(32, 3, 10), z_dim=16, ch=4, shared_dim=0, hier=False, attention=()).eval()
+    z = torch.randn(2, 16)
+    assert not torch.equal(G(z, torch.tensor([0, 0])), G(z, torch.tensor([5, 5])))
+    with pytest.raises(ValueError, match="model.hier: .* needs model.hier false"):
+        BigGANGenerator(models.DataSpec(32, 3, 10), z_dim=16, shared_dim=0, hier=True)
+
+
 @pytest.mark.parametrize("resolution", [32, 64, 128, 256, 512])
 def test_every_resolution_builds_and_maps_shapes(resolution):
     spec = models.DataSpec(resolution, 3, 5)
@@ -155,6 +187,71 @@ def test_the_cpu_preset_trains_through_the_cli_and_writes_grids_and_scalars(tmp_
     stats = (run_dir / "stats.jsonl").read_text()
     assert '"Loss/ortho"' in stats and '"Loss/D"' in stats
     assert list((run_dir / "tb").glob("events.*"))
+    # Sampling with standing statistics: a different grid from the running statistics' (G_ema's weights
+    # with G's statistics), the same on a second call (seeded).
+    ckpt = str(sorted(run_dir.glob("checkpoint-*.pt"))[-1])
+    grids = []
+    for i, extra in enumerate([[], ["--standing-stats", "2", "--standing-batch", "16"]] * 2):
+        out = tmp_path / f"grid{i}.png"
+        assert cli_main(["sample", ckpt, "--out", str(out), "--n", "10", *extra]) == 0
+        grids.append(out.read_bytes())
+    assert grids[0] != grids[1] and grids[0] == grids[2] and grids[1] == grids[3]
+
+
+def test_standing_statistics_change_batch_norm_running_stats_and_nothing_else():
+    """Every batch norm's running mean / variance become the average of its per-batch statistics over the
+    standing passes (hooked inputs, recomputed here); parameters, the other buffers, the layers' momentum and
+    the eval mode are unchanged."""
+    import copy
+
+    from gantrain.sampling import standing_stats
+
+    torch.manual_seed(0)
+    G = BigGANGenerator(models.DataSpec(32, 3, 10), **TINY)
+    for _ in range(2):  # running statistics of training forwards, to be replaced
+        G(torch.randn(8, 24), torch.randint(0, 10, (8,)))
+    G.eval()
+    before = copy.deepcopy(G.state_dict())
+    seen = []
+    hook = G.blocks[1].bn2.bn.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    assert standing_stats(G, passes=3, batch=8, seed=5) == 2 * len(G.blocks) + 1
+    hook.remove()
+    after = G.state_dict()
+    stat = ("running_mean", "running_var", "num_batches_tracked")
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.endswith(stat) for k in changed)
+    assert all(k in changed for k in after if k.endswith(("running_mean", "running_var")))
+    assert len(seen) == 3 and not G.training and all(m.momentum == 0.1 for m in G.modules()
+                                                     if isinstance(m, torch.nn.BatchNorm2d))
+    bn = G.blocks[1].bn2.bn
+    # The mean of 3 batch means / unbiased variances: float32 sums over 8 x 16 x 16 values; rtol a few ulp
+    # of float32 times the 3 terms' accumulation.
+    want_mean = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen]).mean(0)
+    want_var = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in seen]).mean(0)
+    assert torch.allclose(bn.running_mean, want_mean, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(bn.running_var, want_var, rtol=1e-5, atol=1e-6)
+    assert int(bn.num_batches_tracked) == 3
+    G2 = BigGANGenerator(models.DataSpec(32, 3, 10), **TINY).eval()
+    G2.load_state_dict(before)
+    standing_stats(G2, passes=3, batch=8, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(G2.state_dict().values(), after.values()))  # seeded
+
+
+def test_standing_statistics_of_a_generator_without_batch_norm_is_a_one_line_error(tmp_path, capsys):
+    from gantrain.cli import main as cli_main
+    from gantrain.train.checkpoint import write_export
+
+    cfg = config_mod.from_dict({"data": {"path": "x"}, "model": {"name": "progan", "channels": 8,
+                                                                 "max_channels": 8, "z_dim": 8}})
+    spec = models.DataSpec(8, 1, 0)
+    G, _ = models.build(cfg.model, spec)
+    meta = {"config": cfg.to_dict(), "spec": dataclasses.asdict(spec), "nimg": 0}
+    write_export(tmp_path, "G.safetensors", G.state_dict(), meta)
+    assert cli_main(["sample", str(tmp_path / "G.safetensors"), "--out", str(tmp_path / "x.png"),
+                     "--standing-stats", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("gantrain: error: --standing-stats: ") and "has no batch norm" in err
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_truncation_by_resampling_and_through_render():
@@ -184,5 +281,6 @@ def test_the_paper_and_reference_presets(preset, g_lr, d_lr, d_steps, ortho, eps
     assert (cfg.model.name, cfg.model.spectral_norm, cfg.model.init, cfg.loss.name) == want
     assert (cfg.optim.g_lr, cfg.optim.d_lr, cfg.train.d_steps, cfg.loss.ortho.weight, cfg.optim.eps) == \
         (g_lr, d_lr, d_steps, ortho, eps)
-    assert cfg.optim.betas == [0.0, 0.999] and cfg.train.ema_start == 40960.0  # 20k steps at batch 2048
-    assert 0.5 ** (2048 / (cfg.train.ema_kimg * 1000)) == pytest.approx(0.9999, abs=1e-8)
+    iteration = d_steps * 2048  # images D sees per G iteration: the unit of the reference's EMA settings
+    assert cfg.optim.betas == [0.0, 0.999] and cfg.train.ema_start * 1000 == 20_000 * iteration
+    assert 0.5 ** (iteration / (cfg.train.ema_kimg * 1000)) == pytest.approx(0.9999, abs=1e-8)

@@ -24,6 +24,7 @@ from gantrain.metrics import scores
 from gantrain.metrics.evaluate import real_features, share
 from gantrain.metrics.features import (ClassifierExtractor, ExtractorError, InceptionExtractor,
                                        default_inception_path, train_classifier)
+from gantrain.models import Generator
 from gantrain.train import checkpoint
 from gantrain.train.loop import run
 
@@ -184,6 +185,45 @@ def test_fid_kid_pr_behave_on_real_digits(classifier, digits_images):
     zeros = extractor.embed(images[digits_images[1] == 0])[1]
     diverse, single = scores.inception_score(logits, splits=1)[0], scores.inception_score(zeros, splits=1)[0]
     assert diverse > 3 and single < 1.6 and diverse > 2.5 * single, (diverse, single)  # 10 classes vs one
+
+
+class _DigitLookup(Generator):
+    """A 'generator' that returns a real digit of the requested class (or of class 0 whatever it is asked:
+    IGNORE), chosen by z: acc against the classifier's accuracy on the real digits."""
+
+    def __init__(self, images, labels, ignore=False):
+        super().__init__()
+        self.z_dim, self.num_classes, self.ignore = 4, 10, ignore
+        self.by_class = [images[labels == k] for k in range(10)]
+        self.register_buffer("dummy", torch.zeros(1))
+
+    def forward(self, z, c=None):
+        c = torch.zeros_like(c) if self.ignore else c
+        pick = (z[:, 0].abs() * 1000).long()
+        out = torch.stack([self.by_class[k][i % len(self.by_class[k])] for k, i in zip(c.tolist(), pick.tolist())])
+        return out.float() / 127.5 - 1
+
+
+def test_class_accuracy_of_conditional_samples(classifier, digits16, digits_images, tmp_path):
+    """acc: the classifier's accuracy on real digits when G renders the asked class (the classifier trained
+    on 9 of 10 digits scores > 0.9), 1/10 of the time right when G ignores the label (all zeros: the
+    share of class 0 among the asked labels, ~0.1)."""
+    from gantrain.metrics.evaluate import evaluate
+
+    extractor = ClassifierExtractor(classifier)
+    images, labels = digits_images
+    logits = torch.cat([extractor.embed(images[i:i + 256])[1] for i in range(0, len(images), 256)])
+    assert scores.class_accuracy(logits, labels) > 0.9
+    assert scores.class_accuracy(logits, labels.roll(1)) < 0.2
+    cfg = config_mod.EvalConfig(metrics=["acc"], num_samples=500, extractor="classifier",
+                                extractor_path=str(classifier), cache_dir=str(tmp_path), batch=100)
+    good = evaluate(_DigitLookup(images, labels), extractor, read_manifest(digits16), cfg)
+    blind = evaluate(_DigitLookup(images, labels, ignore=True), extractor, read_manifest(digits16), cfg)
+    assert good["acc"] > 0.9 and 0.04 < blind["acc"] < 0.2, (good, blind)
+    unconditional = _DigitLookup(images, labels)
+    unconditional.num_classes = 0
+    with pytest.raises(ExtractorError, match="eval.metrics: acc needs a conditional generator"):
+        evaluate(unconditional, extractor, read_manifest(digits16), cfg)
 
 
 def test_reference_features_are_cached_by_dataset_and_extractor(classifier, digits16, tmp_path):
@@ -394,7 +434,9 @@ def test_eval_config_errors_name_the_key(digits16):
     cases = [({"eval": {"metrics": ["fdi"]}}, "eval.metrics[0]"),
              ({"eval": {"metrics": ["fid"], "best": "precision"}}, "eval.best"),
              ({"eval": {"metrics": ["fid"], "extractor": "classifier"}}, "eval.extractor_path"),
-             ({"eval": {"num_samples": 1}}, "eval.num_samples")]
+             ({"eval": {"num_samples": 1}}, "eval.num_samples"),
+             ({"eval": {"metrics": ["acc"], "extractor": "classifier", "extractor_path": "c"}}, "eval.metrics"),
+             ({"eval": {"metrics": ["acc"]}, "model": {"conditional": True}}, "eval.extractor")]
     for sections, key in cases:
         with pytest.raises(config_mod.ConfigError) as err:
             tiny_config(digits16, **sections).validate()

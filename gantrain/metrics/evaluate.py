@@ -24,7 +24,7 @@ from gantrain.atomic import atomic_save
 from gantrain.config import EvalConfig
 from gantrain.data.stream import Manifest, samples
 from gantrain.metrics import scores
-from gantrain.metrics.features import Extractor
+from gantrain.metrics.features import Extractor, ExtractorError
 from gantrain.models import Generator
 from gantrain.sampling import to_uint8
 
@@ -137,11 +137,27 @@ class Figures(dict):
     caveats: list[str] = []
 
 
+def _check_accuracy(G: Generator, extractor: Extractor) -> None:
+    """acc compares the classifier's decision with G's label: both must index the same classes."""
+    if not G.num_classes:
+        raise ExtractorError("eval.metrics: acc needs a conditional generator (this one is unconditional)")
+    if extractor.kind != "classifier":
+        raise ExtractorError("eval.metrics: acc needs eval.extractor=classifier, a classifier trained on the "
+                             f"data's own labels (got {extractor.kind})")
+    classes = extractor.net.arch["num_classes"]
+    if classes != G.num_classes:
+        raise ExtractorError(f"eval.extractor_path: {extractor.path} tells {classes} classes apart, the "
+                             f"generator has {G.num_classes}: acc needs a classifier over the same labels")
+
+
 def evaluate(G: Generator, extractor: Extractor, manifest: Manifest, cfg: EvalConfig,
              device: torch.device | str = "cpu", metrics: list[str] | None = None) -> Figures:
     """Every figure of METRICS (default cfg.metrics) for G against the shard set, plus eval seconds.
     Collective when a process group is up: every rank must call it; every rank gets the figures."""
     start = time.perf_counter()
+    names = metrics or cfg.metrics
+    if "acc" in names:
+        _check_accuracy(G, extractor)
     was_training = G.training
     G.eval()
     try:
@@ -149,9 +165,10 @@ def evaluate(G: Generator, extractor: Extractor, manifest: Manifest, cfg: EvalCo
         fake, fake_logits = fake_features(G, extractor, cfg, manifest.resolution, device)
     finally:
         G.train(was_training)
-    names = metrics or cfg.metrics
+    labels = eval_latents(G, cfg.num_samples, cfg.seed)[1]  # gathered rows keep the latents' order
     figures = Figures(scores.compute(names, real, fake, fake_logits, kid_subsets=cfg.kid_subsets,
-                                     kid_subset_size=cfg.kid_subset_size, k=cfg.k, seed=cfg.seed))
+                                     kid_subset_size=cfg.kid_subset_size, k=cfg.k, seed=cfg.seed,
+                                     fake_labels=labels))
     figures.space, figures.note = extractor.space(real.shape[1]), extractor.note
     figures.caveats = scores.caveats(names, len(real), len(fake), real.shape[1],
                                      None if fake_logits is None else fake_logits.shape[1],

@@ -129,9 +129,19 @@ def caveats(names: list[str], num_real: int, num_fake: int, feature_dim: int, nu
     return out
 
 
+def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """GAN-test accuracy (Shmelkov et al. 2018, "How good is my GAN?"): the fraction of conditional samples
+    that a classifier trained on the real data assigns to the class they were generated for. Near 1: every
+    class is rendered recognizably; 1 / classes: the labels are ignored. It says nothing about diversity
+    (a G making one perfect image per class scores 1): read it beside FID and recall."""
+    return float((logits.argmax(dim=1) == labels.to(logits.device)).float().mean())
+
+
 def compute(names: list[str], real: torch.Tensor, fake: torch.Tensor, fake_logits: torch.Tensor | None, *,
-            kid_subsets: int = 100, kid_subset_size: int = 1000, k: int = 3, seed: int = 0) -> dict[str, float]:
-    """The figures of every metric in NAMES (keys of METRICS) from real and fake feature sets."""
+            kid_subsets: int = 100, kid_subset_size: int = 1000, k: int = 3, seed: int = 0,
+            fake_labels: torch.Tensor | None = None) -> dict[str, float]:
+    """The figures of every metric in NAMES (keys of METRICS) from real and fake feature sets (FAKE_LABELS:
+    the classes the fakes were generated for, conditional generators only)."""
     out: dict[str, float] = {}
     manifold = None
     for name in names:
@@ -145,6 +155,10 @@ def compute(names: list[str], real: torch.Tensor, fake: torch.Tensor, fake_logit
             if fake_logits is None:
                 raise ValueError("the Inception Score needs class logits; this feature extractor has none")
             out["is"], out["is_std"] = inception_score(fake_logits)
+        elif name == "acc":
+            if fake_logits is None or fake_labels is None:
+                raise ValueError("acc needs a conditional generator and a classifier extractor with class logits")
+            out["acc"] = class_accuracy(fake_logits, fake_labels)
         elif name in ("pr", "dc"):
             manifold = manifold or manifold_metrics(real, fake, k)
             out.update({key: manifold[key] for key in METRICS[name]})

@@ -42,13 +42,21 @@ def resolutions() -> tuple[int, ...]:
 
 class ConditionalBatchNorm(nn.Module):
     """Batch norm without its own affine; gain 1 + W_g y and bias W_b y from the conditioning vector y
-    (the reference's ccbn). Without a conditioning vector (unconditional, not hierarchical): plain BN."""
+    (the reference's ccbn). With CLASSES instead (conditional, no shared embedding: the reference's CIFAR
+    networks), y is the class index and gain and bias come from this layer's own class embeddings, which
+    stay unnormalized as every embedding of the reference's G. Neither (unconditional, not hierarchical):
+    plain BN with its affine."""
 
-    def __init__(self, channels: int, cond_dim: int, eps: float):
+    def __init__(self, channels: int, cond_dim: int, eps: float, classes: int = 0):
         super().__init__()
-        self.bn = nn.BatchNorm2d(channels, eps=eps, affine=cond_dim == 0)
-        self.gain = nn.Linear(cond_dim, channels, bias=False) if cond_dim else None
-        self.bias = nn.Linear(cond_dim, channels, bias=False) if cond_dim else None
+        self.bn = nn.BatchNorm2d(channels, eps=eps, affine=not (cond_dim or classes))
+        self.gain = self.bias = None
+        if cond_dim:
+            self.gain = nn.Linear(cond_dim, channels, bias=False)
+            self.bias = nn.Linear(cond_dim, channels, bias=False)
+        elif classes:
+            self.gain, self.bias = nn.Embedding(classes, channels), nn.Embedding(classes, channels)
+            self.gain.no_spectral_norm = self.bias.no_spectral_norm = True
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         out = self.bn(x)
@@ -80,11 +88,11 @@ class SelfAttention(nn.Module):
 
 
 class GBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, eps: float):
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, eps: float, classes: int = 0):
         super().__init__()
-        self.bn1 = ConditionalBatchNorm(in_channels, cond_dim, eps)
+        self.bn1 = ConditionalBatchNorm(in_channels, cond_dim, eps, classes)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.bn2 = ConditionalBatchNorm(out_channels, cond_dim, eps)
+        self.bn2 = ConditionalBatchNorm(out_channels, cond_dim, eps, classes)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_sc = nn.Conv2d(in_channels, out_channels, 1)  # every G block upsamples: a learned skip
 
@@ -138,16 +146,21 @@ class BigGANGenerator(Generator):
             raise ValueError(f"model.z_dim: {z_dim} does not split into {slots} equal chunks (one per block and "
                              f"one for the input layer at {spec.resolution}x{spec.resolution}); use a multiple "
                              f"of {slots}, e.g. {slots * max(z_dim // slots, 1)}")
+        if hier and spec.num_classes and not shared_dim:
+            raise ValueError("model.hier: hierarchical latents join each chunk to the shared class embedding; a "
+                             "conditional biggan with model.shared_dim 0 needs model.hier false (the reference's "
+                             "CIFAR networks: one class embedding per batch norm)")
         self.chunk = z_dim // slots if hier else z_dim
         self.shared = nn.Embedding(spec.num_classes, shared_dim) if spec.num_classes and shared_dim else None
         if self.shared is not None:
             self.shared.no_spectral_norm = True  # the reference normalizes every layer but this one
         cond_dim = (shared_dim if self.shared is not None else 0) + (self.chunk if hier else 0)
+        classes = spec.num_classes if self.shared is None else 0  # per-layer class embeddings instead
         self.linear = nn.Linear(self.chunk, g_in[0] * ch * 16)
         self.blocks = nn.ModuleList()
         self.attention = nn.ModuleDict()
         for i, (a, b) in enumerate(zip(g_in, g_out)):
-            self.blocks.append(GBlock(a * ch, b * ch, cond_dim, bn_eps))
+            self.blocks.append(GBlock(a * ch, b * ch, cond_dim, bn_eps, classes))
             if 4 * 2 ** (i + 1) in attention:
                 self.attention[str(i)] = SelfAttention(b * ch)
         self.out_bn = nn.BatchNorm2d(g_out[-1] * ch, eps=bn_eps)
@@ -159,9 +172,12 @@ class BigGANGenerator(Generator):
             z0, per_block = zs[0], zs[1:]
         else:
             z0, per_block = z, [None] * len(self.blocks)
-        shared = self.shared(c) if self.shared is not None else None
-        ys = [torch.cat([t for t in (shared, zk) if t is not None], dim=1) if (shared is not None or zk is not None)
-              else None for zk in per_block]
+        if self.shared is None and self.num_classes:  # per-layer class embeddings take the class index
+            ys = [c] * len(self.blocks)
+        else:
+            shared = self.shared(c) if self.shared is not None else None
+            ys = [torch.cat([t for t in (shared, zk) if t is not None], dim=1)
+                  if (shared is not None or zk is not None) else None for zk in per_block]
         h = self.linear(z0).view(z.shape[0], -1, 4, 4)
         for i, block in enumerate(self.blocks):
             h = block(h, ys[i])
