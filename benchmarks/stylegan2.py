@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,29 +38,13 @@ GPU_SETTINGS = {
 }
 
 
-class InMemory:
-    """Random uint8 images of the right shape, batch after batch (stands in for Trainer.loader)."""
-
-    def __init__(self, batch: int, channels: int, resolution: int):
-        gen = torch.Generator().manual_seed(0)
-        self.images = torch.randint(0, 256, (batch, channels, resolution, resolution), generator=gen,
-                                    dtype=torch.uint8)
-        self.labels = torch.zeros(batch, dtype=torch.int64)
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images, self.labels
-
-    def close(self) -> None:
-        pass
-
-
 def one(name: str, precision: str, steps: int, data_root: Path) -> dict:
     from gantrain import config as config_mod
     from gantrain.data.pack import pack
     from gantrain.data.sources import open_source
     from gantrain.data.stream import read_manifest
-    from gantrain.engines.single import SingleEngine
-    from gantrain.train.loop import Trainer, resolve
+    from gantrain.train.bench import time_steps
+    from gantrain.train.loop import resolve
 
     resolution, base, cmax, zdim, mapping, batch = {**CPU_SETTINGS, **GPU_SETTINGS}[name]
     data = data_root / f"digits-{resolution}"
@@ -73,30 +56,7 @@ def one(name: str, precision: str, steps: int, data_root: Path) -> dict:
         f"model.max_channels={cmax}", f"model.z_dim={zdim}", f"model.w_dim={zdim}", f"model.mapping_layers={mapping}",
         f"train.batch={batch}", f"engine.precision={precision}", f"engine.device={device}", "log.progress=false"])
     manifest = read_manifest(data)
-    cfg = resolve(cfg, manifest, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp), SingleEngine(device, precision), manifest=manifest)
-        trainer.loader.close()
-        trainer.loader = InMemory(batch, manifest.channels, resolution)
-        for _ in range(4):
-            trainer.train_step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    n_g = sum(p.numel() for p in trainer.G_model.parameters())
-    n_d = sum(p.numel() for p in trainer.D_model.parameters())
-    return {"name": name, "precision": precision, "device": device, "resolution": resolution, "batch": batch,
-            "params_G": n_g, "params_D": n_d, "img_per_sec": batch * steps / seconds,
-            "sec_per_kimg": seconds / (batch * steps) * 1000, "peak_mem_mb": peak,
-            "memory": "peak CUDA allocated" if device == "cuda" else "peak RSS of the process"}
+    return {"name": name, **time_steps(resolve(cfg, manifest, 1), manifest, device, precision, 4, steps)}
 
 
 def modconv(channel_base: int, rounds: int = 2, passes: int = 5) -> None:
@@ -159,7 +119,7 @@ def main() -> None:
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{name:>14} {precision:>5} {r['resolution']:>5} {r['batch']:>5} {r['params_G']:>11,} "
-                  f"{r['params_D']:>11,} {r['img_per_sec']:>8.1f} {r['sec_per_kimg']:>8.1f} {r['peak_mem_mb']:>9.0f}")
+                  f"{r['params_D']:>11,} {r['img_per_sec']:>8.1f} {r['sec_per_kimg']:>8.1f} {r['peak_mem_mib']:>9.0f}")
     print("memory: peak CUDA allocated on a GPU, peak RSS of the process on CPU")
 
 

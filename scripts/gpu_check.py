@@ -27,7 +27,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -151,25 +150,6 @@ def run_tests(out: Path, dry_run: bool, seconds: float) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- benchmarks
-class InMemory:
-    """Random uint8 images of the right shape, batch after batch (stands in for Trainer.loader): the
-    figures measure the networks and the loop, not the reader."""
-
-    def __init__(self, batch: int, channels: int, resolution: int, num_classes: int):
-        import torch
-
-        gen = torch.Generator().manual_seed(0)
-        self.images = torch.randint(0, 256, (batch, channels, resolution, resolution), generator=gen,
-                                    dtype=torch.uint8)
-        self.labels = torch.randint(0, max(num_classes, 1), (batch,), generator=gen)
-
-    def __next__(self):
-        return self.images, self.labels
-
-    def close(self) -> None:
-        pass
-
-
 def synthetic_data(root: Path, resolution: int, channels: int = 3, count: int = 10) -> Path:
     """A packed data set of COUNT random images in 10 classes (its manifest gives the trainer resolution,
     channels and classes; the images themselves come from memory)."""
@@ -189,14 +169,14 @@ def synthetic_data(root: Path, resolution: int, channels: int = 3, count: int = 
 
 
 def bench_one(name: str, precision: str, compiled: bool, dry_run: bool, data_root: Path) -> dict:
-    """Time full training steps for one setting in this process; returns the figures. Under
-    engine.compile the warm-up steps include building the graphs (timed apart: warmup_s)."""
+    """Time full training steps for one setting in this process (gantrain.train.bench); returns the figures.
+    Under engine.compile the warm-up steps include building the graphs (timed apart: warmup_s)."""
     import torch
 
     from gantrain import config as config_mod
     from gantrain.data.stream import read_manifest
-    from gantrain.engines.single import SingleEngine
-    from gantrain.train.loop import Trainer, resolve
+    from gantrain.train.bench import time_steps
+    from gantrain.train.loop import resolve
 
     config, resolution, batch, overrides = settings(dry_run)[name]
     device = "cuda" if torch.cuda.is_available() and not dry_run else "cpu"
@@ -207,36 +187,8 @@ def bench_one(name: str, precision: str, compiled: bool, dry_run: bool, data_roo
         f"engine.precision={precision}", f"engine.device={device}", "engine.name=single", "log.progress=false",
         f"engine.compile={str(compiled).lower()}", *overrides])
     manifest = read_manifest(data)
-    cfg = resolve(cfg, manifest, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp), SingleEngine(device, precision, compiled), manifest=manifest)
-        trainer.loader.close()
-        batch = trainer.stage.batch  # a progressive stage sets its own
-        trainer.loader = InMemory(trainer.micro, manifest.channels, trainer.stage.resolution, manifest.num_classes)
-        warm = time.perf_counter()
-        for _ in range(warmup):
-            trainer.train_step()
-        warm = time.perf_counter() - warm
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        stage_resolution = trainer.stage.resolution
-        finite = all(torch.isfinite(p).all().item() for m in (trainer.G_model, trainer.D_model) for p in m.parameters())
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"name": name, "precision": precision, "device": device, "resolution": stage_resolution, "batch": batch,
-            "steps": steps, "img_per_sec": round(batch * steps / seconds, 2),
-            "sec_per_kimg": round(seconds / (batch * steps) * 1000, 3), "peak_mem_mib": round(peak, 1),
-            "memory": "peak CUDA allocated" if device == "cuda" else "peak RSS of the process",
-            "weights_finite": finite, "compile": compiled, "warmup_s": round(warm, 1),
-            "params_G": sum(p.numel() for p in trainer.G_model.parameters()),
-            "params_D": sum(p.numel() for p in trainer.D_model.parameters())}
+    return {"name": name, **time_steps(resolve(cfg, manifest, 1), manifest, device, precision, warmup, steps,
+                                       compiled)}
 
 
 def run_benchmarks(out: Path, dry_run: bool, deadline: float) -> list[dict]:
