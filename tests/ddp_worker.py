@@ -45,6 +45,8 @@ def main() -> None:
                 "model": {"norm": "none"}, "loss": {"r1": {"weight": 0.5, "interval": 2}},
                 "train": {"batch": 16, "micro_batch": int(micro), "ema_kimg": 0.02}}
     unfreeze_d = "test.unfreeze_d=1" in extra
+    if "test.float64=1" in extra:  # every network, latent and loss in float64 (see test_distributed.FLOAT64)
+        torch.set_default_dtype(torch.float64)
     for item in (e for e in extra if not e.startswith("test.")):
         config_mod.apply_override(sections, item)  # dotted key=value, value parsed as YAML
     cfg = tiny_config(Path(data), **sections)

@@ -557,7 +557,7 @@ class Trainer:
         reals, labels = [], []
         for _ in range(self.accum):
             images, c = next(self.loader)
-            x = images.to(self.device, non_blocking=True).to(torch.float32)
+            x = images.to(self.device, non_blocking=True).to(torch.get_default_dtype())
             if not self.toy:  # toy samples are vectors already in model space
                 x = self._at_stage(x / 127.5 - 1)
             reals.append(x)
