@@ -112,6 +112,7 @@ def main() -> None:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for name, curve in curves.items():
             ax.plot(*zip(*curve), marker="o", label=name)
+        ax.set_yscale("log")  # from ~1000 at 10 kimg to < 1 at 100
         ax.set_xlabel("kimg")
         ax.set_ylabel("FID (digit classifier, vs the 1k training images)")
         ax.set_title("DCGAN quickstart on 1,000 MNIST digits")

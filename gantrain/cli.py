@@ -15,6 +15,7 @@ from gantrain import config as config_mod
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from gantrain.data.index import ShardIndexError
     from gantrain.data.pack import PackError
     from gantrain.data.sources import SourceError
     from gantrain.data.stream import DataError
@@ -24,8 +25,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from gantrain.atomic import LockedError
     from gantrain.train.guard import DivergedError
 
-    return (config_mod.ConfigError, DataError, PackError, SourceError, CheckpointError, ExtractorError, JobsError,
-            DivergedError, LockedError)
+    return (config_mod.ConfigError, DataError, PackError, ShardIndexError, SourceError, CheckpointError,
+            ExtractorError, JobsError, DivergedError, LockedError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -78,10 +79,26 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
     manifest = pack(open_source(args.source, args.labels), args.out_dir, args.resolution,
                     shard_size=args.shard_size, image_format=args.format, channels=args.channels,
-                    seed=args.seed, force=args.force)
+                    seed=args.seed, force=args.force, resize=args.resize)
     print(f"{manifest['num_images']} images in {len(manifest['shards'])} shards at "
           f"{manifest['resolution']}x{manifest['resolution']}x{manifest['channels']}, "
           f"{manifest['num_classes']} classes, {manifest['skipped']['count']} skipped -> {args.out_dir}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    import logging
+
+    from gantrain.data.index import index
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    manifest = index(args.patterns, args.out, workers=args.workers, label=args.label, cache_dir=args.cache_dir,
+                     retries=args.retries, force=args.force)
+    sizes = manifest["image_sizes"]
+    print(f"{manifest['num_images']} samples in {len(manifest['shards'])} shards, .{manifest['image_format']} "
+          f"images ({manifest['channels']} channels, sizes {sizes['min']}..{sizes['max']} in the first "
+          f"{sizes['probed']}), {manifest['num_classes']} classes (labels: {manifest['labels']['source']}) "
+          f"-> {args.out}")
     return 0
 
 
@@ -597,12 +614,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, choices=(1, 3), help="default: 1 if the images are grayscale")
     p.add_argument("--labels", help="IDX labels file (default: guessed from the images file name)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards")
+    p.add_argument("--resize", choices=("center-crop", "pad", "stretch"), default="center-crop",
+                   help="how a non-square image becomes square")
     p.add_argument("--force", action="store_true", help="overwrite an existing manifest")
     p.set_defaults(func=cmd_pack)
 
+    p = sub.add_parser("index", help="scan existing WebDataset shards (local, http(s)://, s3://, gs://, pipe:) "
+                       "once and write a manifest the trainer reads like a packed one")
+    p.add_argument("patterns", nargs="+", help="shard paths or URLs, brace patterns allowed: "
+                   "'s3://bucket/train-{000000..001023}.tar'")
+    p.add_argument("--out", required=True, help="the manifest .json to write (member tables go next to it)")
+    p.add_argument("--workers", type=int, default=4, help="shards fetched and scanned at once")
+    p.add_argument("--label", default="auto", help="auto (.cls if the shards have it, else none), cls, none, or "
+                   "json:FIELD (a field of each sample's .json, integers or class names)")
+    p.add_argument("--cache-dir", help="where remote shards are copied (default: data.cache_dir's default); "
+                   "training from the same cache then starts warm")
+    p.add_argument("--retries", type=int, default=3)
+    p.add_argument("--force", action="store_true", help="overwrite an existing manifest")
+    p.set_defaults(func=cmd_index)
+
     p = sub.add_parser("verify", help="check every shard's sha256, sample count and decoding against the "
                        "manifest; prints a table, exits 1 if any shard is bad")
-    p.add_argument("data", help="a directory written by `gantrain pack`")
+    p.add_argument("data", help="a directory written by `gantrain pack`, or a manifest .json (`gantrain index`)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("sample", help="write a grid of G_ema samples")

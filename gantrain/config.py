@@ -58,7 +58,10 @@ class ToyConfig:
 
 @dataclass
 class DataConfig:
-    path: str = ""  # directory with manifest.json and the tar shards (`gantrain pack` writes it)
+    # Where the data is: a directory or URL prefix (file://, http(s)://, s3://, gs://) holding manifest.json
+    # and the shards (`gantrain pack` writes them), or a manifest .json (`gantrain index` writes one for
+    # existing WebDataset shards, local or remote).
+    path: str = ""
     workers: int = 2  # DataLoader worker processes per rank; 0 decodes in the training process
     shuffle: bool = True  # shard order per epoch and sample order within a shard
     # epochs: every shard once per epoch, disjoint across ranks; resampled: shards drawn with replacement
@@ -66,9 +69,21 @@ class DataConfig:
     toy: ToyConfig = field(default_factory=ToyConfig)  # a toy problem instead of shards (data.path unused)
     # Corrupt samples in a row (per data worker) before the run stops with an error instead of spinning.
     max_skipped_in_a_row: int = 1000
+    # Remote shards are copied here before they are read ("" = $XDG_CACHE_HOME/gantrain/shards), and the
+    # least recently used ones evicted once the copies exceed cache_gb; local shards are read in place.
+    cache_dir: str = ""
+    cache_gb: float = 20.0
+    retries: int = 3  # a shard fetch that fails is retried this often (exponential backoff), then skipped
+    timeout: float = 60.0  # seconds to connect and between reads before a fetch counts as failed
+    # How images of an index (foreign shards of any size) are fitted to model.resolution; packed shards
+    # are already square and sized.
+    resize: Literal["center-crop", "pad", "stretch"] = "center-crop"
 
     def validate(self) -> None:
         self.toy.validate()
+        _check(self.cache_gb > 0, "data.cache_gb", f"must be > 0 (got {self.cache_gb})")
+        _check(self.retries >= 0, "data.retries", f"must be >= 0 (got {self.retries})")
+        _check(self.timeout > 0, "data.timeout", f"must be > 0 (got {self.timeout})")
         _check(self.max_skipped_in_a_row >= 1, "data.max_skipped_in_a_row",
                f"must be >= 1 (got {self.max_skipped_in_a_row})")
         if self.toy.name == "none":

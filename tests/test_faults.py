@@ -298,8 +298,9 @@ def test_a_damaged_manifest_is_one_line_naming_the_file_and_field(digits16, tmp_
 def test_data_path_pointing_at_a_file_is_one_line(digits16):
     from gantrain.data.stream import DataError, read_manifest
 
-    with pytest.raises(DataError, match="must be a directory"):
-        read_manifest(digits16 / "manifest.json")
+    with pytest.raises(DataError, match="must be a directory"):  # a shard, say (a manifest .json is fine)
+        read_manifest(digits16 / "shard-000000.tar")
+    assert read_manifest(digits16 / "manifest.json").num_images == 1797
 
 
 # ---- run directory ------------------------------------------------------------------------------------

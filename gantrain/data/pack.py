@@ -22,10 +22,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from gantrain.atomic import atomic_open, atomic_write, sha256_file
+from gantrain.data.shards import TABLE_SUFFIX, scan
 from gantrain.data.sources import Source
 
 MANIFEST = "manifest.json"
 FORMAT = "gantrain-shards/1"
+INDEX_FORMAT = "gantrain-index/1"  # foreign shards scanned by `gantrain index`
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,10 @@ class PackError(ValueError):
     pass
 
 
-def _square(image: Image.Image, resolution: int, mode: str) -> Image.Image:
-    """Centre-crop to a square, resize to RESOLUTION (Lanczos) and convert to MODE."""
+def fit(image: Image.Image, resolution: int, mode: str, how: str = "center-crop") -> Image.Image:
+    """IMAGE as MODE at RESOLUTION x RESOLUTION (Lanczos): `center-crop` keeps the central square, `pad` fits
+    the whole image into the square on black, `stretch` resizes without keeping the aspect ratio. Pack and
+    the reader of indexed shards both fit images with this."""
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA"):
@@ -44,12 +48,34 @@ def _square(image: Image.Image, resolution: int, mode: str) -> Image.Image:
         image = background
     image = image.convert(mode)
     w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    if side != resolution:
+    if how == "stretch" or w == h:
+        pass
+    elif how == "pad":
+        side = max(w, h)
+        canvas = Image.new(mode, (side, side))
+        canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+        image = canvas
+    elif how == "center-crop":
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    else:
+        raise ValueError(f"unknown resize {how!r} (center-crop, pad or stretch)")
+    if image.size != (resolution, resolution):
         image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
     return image
+
+
+def write_table(shard: Path, table_path: Path | None = None, label_ext: str = "cls") -> dict[str, Any]:
+    """Scan SHARD's headers once and write its member table (atomically, next to it by default): the manifest
+    entry's "table" (relative when next to the shard) and "size"."""
+    table_path = table_path or shard.with_name(shard.name + TABLE_SUFFIX)
+    size = shard.stat().st_size
+    with open(shard, "rb") as f:
+        table = scan(f, size, label_ext)
+    atomic_write(table_path, table.to_bytes())
+    name = table_path.name if table_path.parent == shard.parent else str(table_path)
+    return {"table": name, "size": size}
 
 
 def _encode(image: Image.Image, image_format: str) -> bytes:
@@ -73,10 +99,12 @@ def _guess_channels(source: Source, probe: int = 16) -> int:
 
 def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: int = 1000,
          image_format: str = "png", channels: int | None = None, seed: int = 0, force: bool = False,
-         progress: bool = True) -> dict[str, Any]:
+         progress: bool = True, resize: str = "center-crop") -> dict[str, Any]:
     """Write SOURCE as shards of SHARD_SIZE samples at RESOLUTION x RESOLUTION; return the manifest."""
     if resolution < 4 or resolution & (resolution - 1):
         raise PackError(f"--resolution must be a power of two >= 4 (got {resolution})")
+    if resize not in ("center-crop", "pad", "stretch"):
+        raise PackError(f"--resize must be center-crop, pad or stretch (got {resize})")
     if shard_size < 1:
         raise PackError(f"--shard-size must be >= 1 (got {shard_size})")
     if image_format not in ("png", "jpg"):
@@ -97,7 +125,7 @@ def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: in
         written = 0
         for index in tqdm(order, desc=f"pack {source.description}", unit="img", disable=not progress):
             try:
-                image = _square(source.loader(int(index)), resolution, mode)
+                image = fit(source.loader(int(index)), resolution, mode, resize)
             except Exception as exc:  # a bad item must never stop a pack of a million images
                 skipped.append(f"{source.names[index]}: {type(exc).__name__}: {exc}")
                 continue
@@ -114,7 +142,8 @@ def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: in
             for sample in itertools.chain([first], itertools.islice(stream, shard_size - 1)):
                 writer.write(sample)
                 count += 1
-        shards.append({"name": name, "count": count, "sha256": sha256_file(out_dir / name)})
+        shards.append({"name": name, "count": count, "sha256": sha256_file(out_dir / name),
+                       **write_table(out_dir / name)})
     written = sum(s["count"] for s in shards)
 
     if written == 0:

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import signal
 from collections.abc import Iterator
@@ -33,7 +34,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gantrain.data.pack import FORMAT, MANIFEST
+from gantrain.data.pack import FORMAT, INDEX_FORMAT, MANIFEST, fit
+from gantrain.data.shards import (ShardReader, ShardSpec, ShardUnavailable, describe, is_remote, join, local_path,
+                                  missing, read_bytes, redact)
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +46,58 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class Access:
+    """How shards are reached (not what they hold): the cache for remote ones and the retries."""
+
+    cache_dir: str = ""  # "" -> $XDG_CACHE_HOME/gantrain/shards (only remote shards are cached)
+    cache_bytes: int = 20 << 30
+    retries: int = 3
+    backoff: float = 0.5  # seconds before the first retry, doubled per retry
+    timeout: float = 60.0  # seconds to connect, and between reads, before a fetch counts as failed
+
+    def reader(self, manifest: Manifest) -> ShardReader:
+        cache = self.cache_dir or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                                      / "gantrain" / "shards")
+        return ShardReader(manifest.specs, label_ext=manifest.label_ext, cache_dir=cache,
+                           cache_bytes=self.cache_bytes, retries=self.retries, backoff=self.backoff,
+                           timeout=self.timeout)
+
+
+@dataclass(frozen=True)
 class Manifest:
-    root: Path
+    root: str  # the directory (or URL prefix) the manifest was read from, for messages and relative names
     num_images: int
-    resolution: int
+    resolution: int  # of the decoded images; 0: any size (an index of foreign shards, see at())
     channels: int
     num_classes: int
     class_names: list[str]
     image_format: str
-    shards: list[tuple[str, int]]  # (path, sample count)
+    shards: list[tuple[str, int]]  # (url, sample count)
     digest: str  # sha256 of manifest.json: identifies the dataset for caches
     checksums: list[str | None] = dataclasses.field(default_factory=list)  # per shard sha256, None if unlisted
+    specs: list[ShardSpec] = dataclasses.field(default_factory=list)  # url, count, member table, size
+    label_ext: str = "cls"  # the member holding the label: cls, json or "" (no labels)
+    label_field: str = ""  # label_ext json: the field of the label
+    resize: str = ""  # "" (packed: every image has the manifest's size) or how foreign images are fitted
+    access: Access = Access()
 
     @property
     def urls(self) -> list[str]:
         return [url for url, _ in self.shards]
 
+    def at(self, resolution: int, resize: str | None = None, access: Access | None = None) -> Manifest:
+        """This data decoded at RESOLUTION (an index's images are fitted with RESIZE as pack does it)."""
+        if not self.resize:
+            return self if access is None else dataclasses.replace(self, access=access)
+        return dataclasses.replace(self, resolution=resolution, resize=resize or self.resize,
+                                   access=access or self.access)
+
 
 IMAGE_FORMATS = ("png", "jpg", "jpeg", "webp")
+RESIZE_MODES = ("center-crop", "pad", "stretch")
 
 
-def _field(data: dict[str, Any], key: str, kind: type, path: Path, ok=lambda v: True, need: str = "",
+def _field(data: dict[str, Any], key: str, kind: type, path: str, ok=lambda v: True, need: str = "",
            where: str = "") -> Any:
     """data[key] of type KIND (no bools for ints), or a one-line DataError naming the file and the field."""
     if key not in data:
@@ -74,52 +108,94 @@ def _field(data: dict[str, Any], key: str, kind: type, path: Path, ok=lambda v: 
     return value
 
 
-def read_manifest(root: str | Path) -> Manifest:
-    """The manifest of a packed data set; any damage is one line naming the file and the field."""
-    root = Path(root)
-    path = root / MANIFEST
-    if root.exists() and not root.is_dir():
-        raise DataError(f"{root}: data.path must be a directory holding {MANIFEST} and shards, not a file")
+def manifest_location(path: str | Path) -> tuple[str, str]:
+    """(root, manifest url) for data.path: a directory / URL prefix holding manifest.json, or a .json file."""
+    path = str(path)
+    if path.lower().endswith(".json"):
+        root = path.rsplit("/", 1)[0] if "/" in path else "."
+        return root, path
+    return path, join(path, MANIFEST)
+
+
+def read_manifest(root: str | Path, access: Access | None = None) -> Manifest:
+    """The manifest of a packed or indexed data set; any damage is one line naming the file and the field."""
+    root, path = manifest_location(root)
+    local = not is_remote(path)
+    if local and Path(local_path(root)).exists() and not Path(local_path(root)).is_dir():
+        raise DataError(f"{root}: data.path must be a directory holding {MANIFEST} and shards (or a manifest "
+                        f".json), not a file")
+    shown = redact(path)
     try:
-        raw = path.read_bytes()
+        raw = read_bytes(path, (access or Access()).timeout)
         data = json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; write shards with `gantrain pack SOURCE {root} --resolution R`")\
-            from None
+    except FileNotFoundError as exc:
+        if not missing(exc):
+            raise DataError(f"{shown}: cannot be read ({describe(exc)})") from None
+        raise DataError(f"{shown}: not found; write shards with `gantrain pack SOURCE {redact(root)} --resolution R`"
+                        f" or index existing ones with `gantrain index PATTERN --out manifest.json`") from None
     except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text (a damaged or foreign file)") from None
+        raise DataError(f"{shown}: not UTF-8 text (a damaged or foreign file)") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+        raise DataError(f"{shown}: not valid JSON ({exc})") from None
+    except Exception as exc:  # an unreachable server, a refused credential, a failing pipe: before training
+        raise DataError(f"{shown}: cannot be read ({describe(exc)})") from None
     if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    if data.get("format") != FORMAT:
-        raise DataError(f"{path}: unknown format {data.get('format')!r:.60} (expected {FORMAT})")
+        raise DataError(f"{shown}: expected a JSON object, got {type(data).__name__}")
+    if data.get("format") not in (FORMAT, INDEX_FORMAT):
+        raise DataError(f"{shown}: unknown format {data.get('format')!r:.60} (expected {FORMAT} or {INDEX_FORMAT})")
+    indexed = data["format"] == INDEX_FORMAT
     count = dict(ok=lambda v: v >= 0, need="an integer >= 0")
-    num_images = _field(data, "num_images", int, path, **count)
-    resolution = _field(data, "resolution", int, path, ok=lambda v: v > 0, need="an integer > 0")
-    channels = _field(data, "channels", int, path, ok=lambda v: v in (1, 3), need="1 or 3")
-    num_classes = _field(data, "num_classes", int, path, **count)
-    class_names = _field(data, "class_names", list, path, ok=lambda v: all(isinstance(n, str) for n in v),
+    num_images = _field(data, "num_images", int, shown, **count)
+    if indexed:
+        resolution = 0
+        label = _field(data, "labels", dict, shown, need="an object (source, field)")
+        label_ext = _field(label, "source", str, shown, ok=lambda v: v in ("cls", "json", "none"),
+                           need="cls, json or none", where="labels.")
+        label_field = _field(label, "field", str, shown, ok=bool, need="a JSON field name",
+                             where="labels.") if label_ext == "json" else ""
+        label_ext = "" if label_ext == "none" else label_ext
+    else:
+        resolution = _field(data, "resolution", int, shown, ok=lambda v: v > 0, need="an integer > 0")
+        label_ext, label_field = "cls", ""
+    channels = _field(data, "channels", int, shown, ok=lambda v: v in (1, 3), need="1 or 3")
+    num_classes = _field(data, "num_classes", int, shown, **count)
+    class_names = _field(data, "class_names", list, shown, ok=lambda v: all(isinstance(n, str) for n in v),
                          need="a list of strings")
-    image_format = _field(data, "image_format", str, path, ok=lambda v: v in IMAGE_FORMATS,
+    image_format = _field(data, "image_format", str, shown, ok=lambda v: v in IMAGE_FORMATS,
                           need=f"one of {', '.join(IMAGE_FORMATS)}")
-    entries = _field(data, "shards", list, path, ok=bool, need="a non-empty list")
-    shards, checksums = [], []
+    entries = _field(data, "shards", list, shown, ok=bool, need="a non-empty list")
+    shards, checksums, specs = [], [], []
     for i, entry in enumerate(entries):
         where = f"shards[{i}]"
         if not isinstance(entry, dict):
-            raise DataError(f"{path}: field '{where}' must be an object with name and count (got {entry!r:.60})")
-        name = _field(entry, "name", str, path, ok=lambda v: bool(v) and "/" not in v and v not in (".", ".."),
-                      need="a file name in the data directory", where=f"{where}.")
-        number = _field(entry, "count", int, path, **count, where=f"{where}.")
-        shard = root / name
-        if not shard.is_file():
-            raise DataError(f"{path}: lists shard {name}, which is missing")
-        shards.append((str(shard), number))
-        checksums.append(_field(entry, "sha256", str, path, ok=lambda v: re.fullmatch(r"[0-9a-f]{64}", v),
+            raise DataError(f"{shown}: field '{where}' must be an object with name and count (got {entry!r:.60})")
+        if indexed:
+            url = join(root, _field(entry, "url", str, shown, ok=bool, need="a path or URL", where=f"{where}."))
+        else:
+            name = _field(entry, "name", str, shown, ok=lambda v: bool(v) and "/" not in v and v not in (".", ".."),
+                          need="a file name in the data directory", where=f"{where}.")
+            url = join(root, name)
+            if local and not Path(url).is_file():
+                raise DataError(f"{shown}: lists shard {name}, which is missing")
+        number = _field(entry, "count", int, shown, **count, where=f"{where}.")
+        size = _field(entry, "size", int, shown, **count, where=f"{where}.") if "size" in entry else None
+        table = join(root, _field(entry, "table", str, shown, ok=bool, need="a path or URL",
+                                  where=f"{where}.")) if "table" in entry else None
+        shards.append((url, number))
+        specs.append(ShardSpec(url, number, table, size))
+        checksums.append(_field(entry, "sha256", str, shown, ok=lambda v: re.fullmatch(r"[0-9a-f]{64}", v),
                                 need="64 lowercase hex digits", where=f"{where}.") if "sha256" in entry else None)
     return Manifest(root, num_images, resolution, channels, num_classes, class_names, image_format, shards,
-                    hashlib.sha256(raw).hexdigest(), checksums)
+                    hashlib.sha256(raw).hexdigest(), checksums, specs, label_ext, label_field,
+                    "center-crop" if indexed else "", access or Access())
+
+
+def open_data(data_cfg: Any) -> Manifest:
+    """read_manifest with the access options of a DataConfig (cache, retries, resize)."""
+    access = Access(cache_dir=data_cfg.cache_dir, cache_bytes=int(data_cfg.cache_gb * (1 << 30)),
+                    retries=data_cfg.retries, timeout=data_cfg.timeout)
+    manifest = read_manifest(data_cfg.path, access)
+    return dataclasses.replace(manifest, resize=data_cfg.resize) if manifest.resize else manifest
 
 
 @dataclass
@@ -132,6 +208,7 @@ class Cursor:
     sample: int = 0
     skipped: int = 0
     short: int = 0  # shards that held fewer samples than the manifest says (truncated, damaged)
+    lost: int = 0  # shards that could not be fetched or opened after the retries, skipped whole
 
 
 def worker_shards(num_shards: int, epoch: int, *, seed: int, shuffle: bool, rank: int, world_size: int,
@@ -144,68 +221,77 @@ def worker_shards(num_shards: int, epoch: int, *, seed: int, shuffle: bool, rank
 def check_split(manifest: Manifest, world_size: int, num_workers: int) -> None:
     """An infinite stream needs a shard for every (rank, worker), or some worker would spin on nothing."""
     if len(manifest.shards) < world_size * num_workers:
-        raise DataError(f"{manifest.root}: {len(manifest.shards)} shards cannot feed {world_size} ranks x "
+        raise DataError(f"{redact(manifest.root)}: {len(manifest.shards)} shards cannot feed {world_size} ranks x "
                         f"{num_workers} workers; lower data.workers or repack with a smaller --shard-size")
 
 
 def decode_sample(sample: dict[str, Any], manifest: Manifest) -> tuple[torch.Tensor, int]:
     """Image and label only; anything else in the sample is ignored, never unpickled."""
-    data = sample.get(manifest.image_format)
+    data = sample.get("image")
     if data is None:
-        raise ValueError(f"no .{manifest.image_format} member")
+        raise ValueError(f"no image member ({', '.join(IMAGE_FORMATS)})")
     image = Image.open(io.BytesIO(data))
-    if image.size != (manifest.resolution, manifest.resolution):
-        raise ValueError(f"size {image.size}, manifest says {manifest.resolution}")
     mode = "L" if manifest.channels == 1 else "RGB"
+    if manifest.resize:
+        if image.format == "JPEG":  # decode at the smallest scale >= the target that JPEG can give for free
+            image.draft(image.mode, (manifest.resolution, manifest.resolution))
+        image = fit(image, manifest.resolution, mode, manifest.resize)
+    elif image.size != (manifest.resolution, manifest.resolution):
+        raise ValueError(f"size {image.size}, manifest says {manifest.resolution}")
     if image.mode != mode:
         image = image.convert(mode)
-    label = int(sample["cls"]) if "cls" in sample else 0
-    if not 0 <= label < max(manifest.num_classes, 1):
-        raise ValueError(f"label {label} outside 0..{manifest.num_classes - 1}")
+    label = _label(sample, manifest)
     array = np.array(image, dtype=np.uint8)  # decodes; one copy, writable
     return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), label
 
 
-def read_shard(url: str, errors: list[str]) -> list[dict[str, Any]]:
-    """All samples of one shard as raw bytes; a torn tar yields what could be read."""
-
-    def handler(exc: Exception) -> bool:
-        # webdataset re-raises with args (message, stream, url): the message alone reads as a reason
-        message = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else skip_reason(exc)
-        errors.append(f"{url}: {type(exc).__name__}: {message}")
-        return False  # stop reading this shard; the samples before the damage are kept
-
-    return list(wds.tarfile_samples([{"url": url}], handler=handler))
+def _label(sample: dict[str, Any], manifest: Manifest) -> int:
+    if not manifest.label_ext or manifest.label_ext not in sample:
+        if manifest.num_classes > 1 and manifest.label_ext:
+            raise ValueError(f"no .{manifest.label_ext} label")
+        return 0
+    raw = sample[manifest.label_ext]
+    if manifest.label_ext == "cls":
+        label = int(raw)
+    else:
+        value = json.loads(raw).get(manifest.label_field) if raw else None
+        if isinstance(value, str) and value in manifest.class_names:
+            label = manifest.class_names.index(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            label = value
+        else:
+            raise ValueError(f"json field {manifest.label_field!r} is {value!r:.40}, not a class")
+    if not 0 <= label < max(manifest.num_classes, 1):
+        raise ValueError(f"label {label} outside 0..{manifest.num_classes - 1}")
+    return label
 
 
 def _shard_order(num_shards: int, cur: Cursor, *, sampling: str, infinite: bool, seed: int, shuffle: bool,
-                 rank: int, world_size: int, worker: int, num_workers: int) -> Iterator[int]:
-    """Shard indices from the cursor on; advances cur.epoch / cur.shard as it goes."""
+                 rank: int, world_size: int, worker: int, num_workers: int) -> Iterator[tuple[int, int, int]]:
+    """(epoch, position, shard index) from the cursor on; the cursor itself is left alone, so the caller can
+    look one shard ahead (to prefetch it)."""
     if sampling == "resampled":
         # With replacement, independently per (rank, worker), as webdataset's ResampledShards draws them;
-        # the cursor counts draws, and a restart replays (cheaply) that many draws.
+        # the position counts draws, and a restart replays (cheaply) that many draws.
         # cur.epoch only moves when a changed layout restarts the stream: then the draws differ too.
+        epoch = cur.epoch
         draws = iter(wds.ResampledShards([str(i) for i in range(num_shards)], seed=seed, deterministic=True,
-                                         worker_seed=lambda: (rank * 65536 + worker) * 100003 + cur.epoch))
+                                         worker_seed=lambda: (rank * 65536 + worker) * 100003 + epoch))
         for _ in range(cur.shard):
             next(draws)
-        for draw in draws:
-            yield int(draw["url"])
-            cur.shard += 1
-            cur.sample = 0
+        for position, draw in enumerate(draws, start=cur.shard):
+            yield epoch, position, int(draw["url"])
         return
     split = dict(seed=seed, shuffle=shuffle, rank=rank, world_size=world_size, worker=worker,
                  num_workers=num_workers)
+    epoch, position = cur.epoch, cur.shard
     while True:
-        shards = worker_shards(num_shards, cur.epoch, **split)
-        while cur.shard < len(shards):
-            yield shards[cur.shard]
-            cur.shard += 1
-            cur.sample = 0
+        shards = worker_shards(num_shards, epoch, **split)
+        for position in range(position, len(shards)):
+            yield epoch, position, shards[position]
         if not infinite:
             return
-        cur.epoch += 1
-        cur.shard = 0
+        epoch, position = epoch + 1, 0
 
 
 def skip_reason(exc: Exception) -> str:
@@ -222,8 +308,9 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
     sampling="epochs": every shard once per epoch, split across ranks and workers, reshuffled per epoch;
     sampling="resampled": shards drawn with replacement (ranks may overlap; needs infinite=True).
     Corrupt samples are skipped and counted (NOTES["last_skip"] says why the last one was); a shard shorter
-    than the manifest says is warned about and counted; MAX_BAD_IN_A_ROW corrupt samples in a row, or a
-    whole round of shards without one good sample, is a DataError rather than a stream that never yields.
+    than the manifest says is warned about and counted; a shard that cannot be fetched after the retries is
+    skipped whole and counted (NOTES["last_lost"]); MAX_BAD_IN_A_ROW corrupt samples in a row, or a whole
+    round of shards without one good sample, is a DataError rather than a stream that never yields.
     """
     cur = dataclasses.replace(cursor) if cursor else Cursor()
     notes = {} if notes is None else notes
@@ -231,41 +318,68 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
         check_split(manifest, world_size, num_workers)
     order = _shard_order(len(manifest.shards), cur, sampling=sampling, infinite=infinite, seed=seed,
                          shuffle=shuffle, rank=rank, world_size=world_size, worker=worker, num_workers=num_workers)
+    reader = manifest.access.reader(manifest)
     bad_in_a_row = barren_in_a_row = 0
-    for index in order:
-        url, expected = manifest.shards[index]
-        errors: list[str] = []
-        raw = read_shard(url, errors)
-        for message in errors:
-            log.warning("damaged shard, read %d samples before: %s", len(raw), message)
-        if len(raw) < expected and cur.sample == 0:
-            cur.short += 1
-            notes["last_short"] = f"{url}: {len(raw)} of {expected} samples"
-            log.warning("short shard %s: read %d of the %d samples the manifest lists", url, len(raw), expected)
-        visit = np.random.default_rng([seed, cur.epoch, cur.shard, index]).permutation(len(raw)) if shuffle \
-            else np.arange(len(raw))
-        yielded = False
-        while cur.sample < len(raw):
-            sample = raw[visit[cur.sample]]
-            cur.sample += 1
-            try:
-                image, label = decode_sample(sample, manifest)
-            except Exception as exc:  # corrupt sample: skip and count, never stall the stream
-                cur.skipped += 1
-                bad_in_a_row += 1
-                notes["last_skip"] = f"{sample.get('__key__')} in {url}: {skip_reason(exc)}"
-                if cur.skipped <= 10:
-                    log.warning("skipped corrupt sample %s", notes["last_skip"])
-                if bad_in_a_row >= max_bad_in_a_row:
-                    raise DataError(f"{manifest.root}: {bad_in_a_row} samples in a row failed to decode "
-                                    f"(data.max_skipped_in_a_row); last: {notes['last_skip']}")
+    upcoming = next(order, None)
+    try:
+        while upcoming is not None:
+            epoch, position, index = upcoming
+            upcoming = next(order, None)
+            if (epoch, position) != (cur.epoch, cur.shard):
+                cur.epoch, cur.shard, cur.sample = epoch, position, 0
+            url, expected = manifest.shards[index]
+            if cur.sample and cur.sample >= expected:  # finished (or lost) before a restart: not fetched again
                 continue
-            bad_in_a_row, yielded = 0, True
-            yield image, label, sample["__key__"], dataclasses.replace(cur)
-        barren_in_a_row = 0 if yielded else barren_in_a_row + 1
-        if barren_in_a_row > len(manifest.shards):
-            raise DataError(f"{manifest.root}: {barren_in_a_row} shards in a row gave no usable sample "
-                            f"(last: {url}{', ' + notes['last_skip'] if 'last_skip' in notes else ', empty'})")
+            try:
+                shard = reader.open(index)
+            except ShardUnavailable as exc:
+                cur.lost += 1
+                cur.sample = expected  # passed over as a whole; a resume here goes on with the next shard
+                notes["last_lost"] = str(exc)
+                log.warning("skipped shard %s", exc)
+                barren_in_a_row += 1
+                if barren_in_a_row > len(manifest.shards):
+                    raise DataError(f"{redact(manifest.root)}: {barren_in_a_row} shards in a row gave no usable "
+                                    f"sample (last: {exc})") from None
+                continue
+            if upcoming is not None and cur.sample < len(shard):
+                reader.prefetch(upcoming[2])
+            with shard:
+                for message in shard.errors:
+                    log.warning("damaged shard, read %d samples before: %s: %s", len(shard), redact(url), message)
+                if len(shard) < expected and cur.sample == 0:
+                    cur.short += 1
+                    notes["last_short"] = f"{redact(url)}: {len(shard)} of {expected} samples"
+                    log.warning("short shard %s: read %d of the %d samples the manifest lists", redact(url),
+                                len(shard), expected)
+                visit = np.random.default_rng([seed, cur.epoch, cur.shard, index]).permutation(len(shard)) \
+                    if shuffle else np.arange(len(shard))
+                yielded = False
+                while cur.sample < len(shard):
+                    i = int(visit[cur.sample])
+                    cur.sample += 1
+                    try:
+                        sample = shard.sample(i)
+                        image, label = decode_sample(sample, manifest)
+                    except Exception as exc:  # corrupt sample: skip and count, never stall the stream
+                        cur.skipped += 1
+                        bad_in_a_row += 1
+                        notes["last_skip"] = f"{shard.table.keys[i].decode()} in {redact(url)}: {skip_reason(exc)}"
+                        if cur.skipped <= 10:
+                            log.warning("skipped corrupt sample %s", notes["last_skip"])
+                        if bad_in_a_row >= max_bad_in_a_row:
+                            raise DataError(f"{redact(manifest.root)}: {bad_in_a_row} samples in a row failed to "
+                                            f"decode (data.max_skipped_in_a_row); last: {notes['last_skip']}")
+                        continue
+                    bad_in_a_row, yielded = 0, True
+                    yield image, label, sample["__key__"], dataclasses.replace(cur)
+            reader.release(shard)
+            barren_in_a_row = 0 if yielded else barren_in_a_row + 1
+            if barren_in_a_row > len(manifest.shards):
+                raise DataError(f"{redact(manifest.root)}: {barren_in_a_row} shards in a row gave no usable sample "
+                                f"(last: {redact(url)}{', ' + notes['last_skip'] if 'last_skip' in notes else ', empty'})")
+    finally:
+        reader.close()
 
 
 class ShardStream(IterableDataset):
@@ -388,7 +502,7 @@ class StreamLoader:
         self.restarts = 0
         if "error" in batch:
             raise DataError(batch["error"])
-        self.notes.update({k: batch[k] for k in ("last_skip", "last_short") if k in batch})
+        self.notes.update({k: batch[k] for k in ("last_skip", "last_short", "last_lost") if k in batch})
         if batch["worker"] != self.turn:
             raise RuntimeError(f"data worker {batch['worker']} answered out of turn (expected {self.turn})")
         self.cursors[self.turn] = Cursor(*batch["cursor"])
@@ -402,6 +516,10 @@ class StreamLoader:
     @property
     def short_shards(self) -> int:
         return sum(c.short for c in self.cursors)
+
+    @property
+    def lost_shards(self) -> int:
+        return sum(c.lost for c in self.cursors)
 
     def state_dict(self) -> dict[str, Any]:
         return {"world_size": self.world_size, "rank": self.rank, "seed": self.seed, "shuffle": self.shuffle,

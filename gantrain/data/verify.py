@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gantrain.atomic import sha256_file
-from gantrain.data.stream import decode_sample, read_shard, skip_reason, read_manifest
+from gantrain.data.shards import ShardUnavailable
+from gantrain.data.stream import decode_sample, read_manifest, skip_reason
 
 
 @dataclass
@@ -33,19 +34,29 @@ def verify(root: str | Path) -> list[ShardReport]:
     """One report per shard, in manifest order; a damaged manifest is a DataError (one line)."""
     manifest = read_manifest(root)
     reports = []
-    for (url, listed), expected in zip(manifest.shards, manifest.checksums):
-        checksum = "not listed" if expected is None else "ok" if sha256_file(url) == expected else "MISMATCH"
-        errors: list[str] = []
-        raw = read_shard(url, errors)
-        corrupt = 0
-        problem = f"stops after {len(raw)}: {errors[0].removeprefix(url + ': ')}" if errors else ""
-        for sample in raw:
-            try:
-                decode_sample(sample, manifest)
-            except Exception as exc:  # counted and reported, like the trainer skips it
-                corrupt += 1
-                problem = problem or f"{sample.get('__key__')}: {skip_reason(exc)}"
-        reports.append(ShardReport(Path(url).name, listed, len(raw), corrupt, checksum, problem))
+    reader = manifest.access.reader(manifest)
+    for index, ((url, listed), expected) in enumerate(zip(manifest.shards, manifest.checksums)):
+        name = url.rsplit("/", 1)[-1]
+        try:
+            shard = reader.open(index)
+        except ShardUnavailable as exc:
+            reports.append(ShardReport(name, listed, 0, 0, "not listed" if expected is None else "MISMATCH",
+                                       f"unavailable: {exc}"))
+            continue
+        with shard:
+            checksum = "not listed" if expected is None else "ok" if sha256_file(shard.path) == expected \
+                else "MISMATCH"
+            corrupt = 0
+            problem = f"stops after {len(shard)}: {shard.errors[0]}" if shard.errors else ""
+            for i in range(len(shard)):
+                try:
+                    decode_sample(shard.sample(i), manifest)
+                except Exception as exc:  # counted and reported, like the trainer skips it
+                    corrupt += 1
+                    problem = problem or f"{shard.table.keys[i].decode()}: {skip_reason(exc)}"
+        reader.release(shard)
+        reports.append(ShardReport(name, listed, len(shard), corrupt, checksum, problem))
+    reader.close()
     return reports
 
 

@@ -42,7 +42,7 @@ from gantrain import losses, models
 from gantrain.augment import Augment, Draws, adjust_p
 from gantrain.atomic import RunLock, atomic_write, remove_stale_temps
 from gantrain.config import Config, ConfigError, OptimConfig
-from gantrain.data.stream import Manifest, StreamLoader, read_manifest, samples
+from gantrain.data.stream import Manifest, StreamLoader, open_data, samples
 from gantrain.data.toy import ToyLoader, ToyProblem
 from gantrain.engines import Engine, Net, make_engine
 from gantrain.metrics import HIGHER_IS_BETTER
@@ -150,8 +150,11 @@ def resolve(cfg: Config, manifest: Manifest | None, world_size: int) -> Config:
                               "number")
         micro, _ = cfg.train.accumulation(world_size)
         return cfg.replace(train=dataclasses.replace(cfg.train, micro_batch=micro)).validate()
+    if not manifest.resolution and not cfg.model.resolution:
+        raise ConfigError("model.resolution", f"is required: {manifest.root} is an index of images of any size, "
+                          f"which are fitted to it (data.resize)")
     resolution = cfg.model.resolution or manifest.resolution
-    if resolution > manifest.resolution:
+    if manifest.resolution and resolution > manifest.resolution:
         raise ConfigError("model.resolution", f"{resolution} exceeds the data's {manifest.resolution} "
                           f"({manifest.root}); repack at a higher --resolution")
     if cfg.progressive.enabled and cfg.progressive.start_resolution > resolution:
@@ -208,7 +211,7 @@ class Trainer:
         self.host = host or Host()
         self.scalars: dict[str, float] = {}  # the last tick's figures
         self.toy = ToyProblem(cfg.data.toy) if cfg.data.toy.name != "none" else None
-        self.manifest = None if self.toy else manifest or read_manifest(cfg.data.path)
+        self.manifest = None if self.toy else (manifest or open_data(cfg.data)).at(cfg.model.resolution)
         self.device = engine.device
         self.spec = self.toy.spec if self.toy else models.DataSpec(
             cfg.model.resolution, self.manifest.channels, self.manifest.num_classes)
@@ -286,7 +289,7 @@ class Trainer:
             self._restore(state)
         self._stop_signal: int | None = None
         self.guard, self.bad_steps = StepGuard(), 0
-        self.data_seen = (self.loader.skipped, self.loader.short_shards)
+        self.data_seen = (self.loader.skipped, self.loader.short_shards, self.loader.lost_shards)
         # Evaluation during training: every rank embeds its share of the samples (gantrain.metrics).
         self.extractor = load_extractor(cfg.eval.extractor, cfg.eval.extractor_path, self.device) \
             if cfg.eval.metrics else None
@@ -610,16 +613,18 @@ class Trainer:
             self.stats.add("Augment/p", torch.tensor(self.aug_p))
 
     def _data_health(self) -> None:
-        """Per tick: corrupt samples and short shards to TensorBoard, and a log line while they keep coming
-        (the per-sample warnings stop after 10 per stream), so a data set going bad mid-run shows in log.txt."""
-        skipped, short = self.loader.skipped, self.loader.short_shards
-        self.stats.add("Data/skipped", torch.tensor(float(skipped)))
-        self.stats.add("Data/short_shards", torch.tensor(float(short)))
-        if (skipped, short) != self.data_seen:
-            log.warning("data: %d corrupt samples skipped so far (+%d this tick), %d short shards; last: %s",
-                        skipped, skipped - self.data_seen[0], short,
-                        self.loader.notes.get("last_skip") or self.loader.notes.get("last_short", "?"))
-            self.data_seen = (skipped, short)
+        """Per tick: corrupt samples, short shards and shards lost after the retries to TensorBoard, and a log
+        line while they keep coming (the per-sample warnings stop after 10 per stream), so a data set going bad
+        mid-run shows in log.txt."""
+        seen = (self.loader.skipped, self.loader.short_shards, self.loader.lost_shards)
+        for name, value in zip(("Data/skipped", "Data/short_shards", "Data/skipped_shards"), seen):
+            self.stats.add(name, torch.tensor(float(value)))
+        if seen != self.data_seen:
+            notes = self.loader.notes
+            log.warning("data: %d corrupt samples skipped so far (+%d this tick), %d short shards, %d shards "
+                        "unavailable; last: %s", seen[0], seen[0] - self.data_seen[0], seen[1], seen[2],
+                        notes.get("last_skip") or notes.get("last_lost") or notes.get("last_short", "?"))
+            self.data_seen = seen
 
     def _count_bad_step(self, bad: bool) -> None:
         """Skipped or rolled-back steps are counted; max_bad_steps of them in a row end the run."""
@@ -894,7 +899,7 @@ def _run_locked(cfg: Config, run_dir: Path, engine: Engine, state: dict[str, Any
             checkpoint.write_export(run_dir, export, state["G_ema"], {
                 "config": state["config"], "spec": state["spec"], "nimg": state["counters"]["nimg"]})
             log.info("wrote the missing %s", export)
-    manifest = None if cfg.data.toy.name != "none" else read_manifest(cfg.data.path)
+    manifest = None if cfg.data.toy.name != "none" else open_data(cfg.data)
     cfg = resolve(cfg, manifest, engine.world_size)
     if state is not None:
         changes = _config_changes(state["config"], config_mod.redacted(cfg))
