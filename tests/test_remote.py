@@ -123,15 +123,18 @@ def test_unreachable_or_silent_server_is_one_line_before_training(tmp_path):
         assert time.monotonic() - start < 30
 
 
-def test_the_next_shard_is_fetched_while_this_one_is_decoded(digits16, tmp_path):
-    with deadline(120), ShardServer(digits16, latency=0.2, log_dir=tmp_path) as server:
-        manifest = read_manifest(server.url, Access(cache_dir=str(tmp_path / "cache")))
-        stream = samples(manifest, seed=0, shuffle=False, infinite=False)
-        next(stream)
-        time.sleep(1.0)  # decoding shard 0 (slowly): its successor's GET must already be under way
-        asked = {path for _, path, _ in server.log}
-        assert "/shard-000001.tar" in asked and "/shard-000002.tar" not in asked
-        stream.close()
+def test_the_next_shards_are_fetched_while_this_one_is_decoded(digits16, tmp_path):
+    for depth in (1, 2):
+        (tmp_path / str(depth)).mkdir()
+        with deadline(120), ShardServer(digits16, latency=0.2, log_dir=tmp_path / str(depth)) as server:
+            manifest = read_manifest(server.url, Access(cache_dir=str(tmp_path / f"cache{depth}"), prefetch=depth))
+            stream = samples(manifest, seed=0, shuffle=False, infinite=False)
+            next(stream)
+            time.sleep(1.0)  # decoding shard 0 (slowly): data.prefetch successors' GETs must be under way
+            asked = {path for _, path, _ in server.log}
+            assert {f"/shard-{i:06d}.tar" for i in range(depth + 1)} <= asked
+            assert f"/shard-{depth + 1:06d}.tar" not in asked
+            stream.close()
 
 
 def _jpeg(rng, w, h, gray=False):

@@ -252,7 +252,7 @@ class OpenShard:
 
     def sample(self, i: int) -> dict[str, Any]:
         key = self.table.keys[i].decode()
-        image_off, image_size, label_off, label_size = (int(v) for v in self.table.members[i])
+        image_off, image_size, label_off, label_size = self.table.members[i].tolist()
         sample: dict[str, Any] = {"__key__": key}
         if image_off >= 0:
             sample["image"] = os.pread(self.fd, image_size, image_off)
@@ -277,14 +277,17 @@ class ShardReader:
     with the next one prefetched. Tables are loaded (or scanned) once per shard and kept."""
 
     def __init__(self, shards: list[ShardSpec], *, label_ext: str = "cls", cache_dir: str | None = None,
-                 cache_bytes: int = 20 << 30, retries: int = 3, backoff: float = 0.5, timeout: float = 60.0):
+                 cache_bytes: int = 20 << 30, retries: int = 3, backoff: float = 0.5, timeout: float = 60.0,
+                 prefetch: int = 2):
         self.shards, self.label_ext = shards, label_ext
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.cache_bytes, self.retries, self.backoff, self.timeout = cache_bytes, retries, backoff, timeout
+        self.prefetch_threads = max(prefetch, 1)
         self.tables: dict[int, Table] = {}
         self._pending: dict[int, Future] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._held: set[Path] = set()  # cached copies this reader has open or is fetching: never evicted
+        self._table_bytes: dict[int, bytes] = {}  # member tables of remote shards, fetched with the shard
 
     # remote copies
     def _cached(self, url: str) -> Path:
@@ -295,17 +298,40 @@ class ShardReader:
         return self.cache_dir / f"{digest}-{name}"
 
     def _fetch(self, index: int) -> Path:
+        """The cached copy of remote shard INDEX (fetched if absent), and its member table's bytes loaded for
+        _table(): both in one job, so that opening the shard after a prefetch waits for neither."""
         spec = self.shards[index]
         dest = self._cached(spec.url)
         self._held.add(dest)
         if dest.exists():
             os.utime(dest)  # most recently used
-            return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fetch(spec.url, dest, expected_size=spec.size, retries=self.retries, backoff=self.backoff,
-              timeout=self.timeout)
-        self._evict()
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fetch(spec.url, dest, expected_size=spec.size, retries=self.retries, backoff=self.backoff,
+                  timeout=self.timeout)
+            self._evict()
+        if spec.table is not None and index not in self.tables and index not in self._table_bytes:
+            try:
+                self._table_bytes[index] = self._table_file(spec.table)
+            except Exception:  # _table() tries once more, or scans
+                pass
         return dest
+
+    def _table_file(self, url: str) -> bytes:
+        """A member table's bytes; a remote one is kept in the cache directory like the shards."""
+        if not is_remote(url):
+            return read_bytes(url, self.timeout)
+        path = self._cached(url)
+        try:
+            data = path.read_bytes()
+            os.utime(path)
+            return data
+        except FileNotFoundError:
+            data = read_bytes(url, self.timeout)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            return data
 
     def _evict(self) -> None:
         """Least recently used first, until the cache fits; never what this reader holds. Other workers
@@ -330,12 +356,12 @@ class ShardReader:
             total -= size
 
     def prefetch(self, index: int) -> None:
-        """Start fetching shard INDEX in the background (remote shards only; at most one queue of them)."""
+        """Start fetching shard INDEX in the background (remote shards only; data.prefetch threads)."""
         spec = self.shards[index]
         if not is_remote(spec.url) or index in self._pending:
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-prefetch")
+            self._pool = ThreadPoolExecutor(max_workers=self.prefetch_threads, thread_name_prefix="shard-prefetch")
         self._pending[index] = self._pool.submit(self._fetch, index)
 
     def local_copy(self, index: int) -> str:
@@ -355,7 +381,8 @@ class ShardReader:
         table = None
         if spec.table is not None:
             try:
-                table = Table.from_bytes(read_bytes(spec.table, self.timeout))
+                data = self._table_bytes.pop(index, None)
+                table = Table.from_bytes(data if data is not None else self._table_file(spec.table))
                 if table.size != size or table.label_ext != self.label_ext:
                     table = None  # written for another file: scan this one
             except Exception as exc:  # a missing or damaged table costs a scan, not the shard

@@ -15,8 +15,10 @@ the class label (never a pickle), and a sample that fails to decode is skipped a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
+import itertools
 import io
 import json
 import logging
@@ -54,13 +56,14 @@ class Access:
     retries: int = 3
     backoff: float = 0.5  # seconds before the first retry, doubled per retry
     timeout: float = 60.0  # seconds to connect, and between reads, before a fetch counts as failed
+    prefetch: int = 2  # remote shards fetched ahead of the one being read, per worker
 
     def reader(self, manifest: Manifest) -> ShardReader:
         cache = self.cache_dir or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                                       / "gantrain" / "shards")
         return ShardReader(manifest.specs, label_ext=manifest.label_ext, cache_dir=cache,
                            cache_bytes=self.cache_bytes, retries=self.retries, backoff=self.backoff,
-                           timeout=self.timeout)
+                           timeout=self.timeout, prefetch=self.prefetch)
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ def read_manifest(root: str | Path, access: Access | None = None) -> Manifest:
 def open_data(data_cfg: Any) -> Manifest:
     """read_manifest with the access options of a DataConfig (cache, retries, resize)."""
     access = Access(cache_dir=data_cfg.cache_dir, cache_bytes=int(data_cfg.cache_gb * (1 << 30)),
-                    retries=data_cfg.retries, timeout=data_cfg.timeout)
+                    retries=data_cfg.retries, timeout=data_cfg.timeout, prefetch=data_cfg.prefetch)
     manifest = read_manifest(data_cfg.path, access)
     return dataclasses.replace(manifest, resize=data_cfg.resize) if manifest.resize else manifest
 
@@ -209,6 +212,9 @@ class Cursor:
     skipped: int = 0
     short: int = 0  # shards that held fewer samples than the manifest says (truncated, damaged)
     lost: int = 0  # shards that could not be fetched or opened after the retries, skipped whole
+
+    def copy(self) -> Cursor:  # per sample: a plain constructor call is several times cheaper than replace()
+        return Cursor(self.epoch, self.shard, self.sample, self.skipped, self.short, self.lost)
 
 
 def worker_shards(num_shards: int, epoch: int, *, seed: int, shuffle: bool, rank: int, world_size: int,
@@ -269,7 +275,7 @@ def _label(sample: dict[str, Any], manifest: Manifest) -> int:
 def _shard_order(num_shards: int, cur: Cursor, *, sampling: str, infinite: bool, seed: int, shuffle: bool,
                  rank: int, world_size: int, worker: int, num_workers: int) -> Iterator[tuple[int, int, int]]:
     """(epoch, position, shard index) from the cursor on; the cursor itself is left alone, so the caller can
-    look one shard ahead (to prefetch it)."""
+    look ahead (to prefetch)."""
     if sampling == "resampled":
         # With replacement, independently per (rank, worker), as webdataset's ResampledShards draws them;
         # the position counts draws, and a restart replays (cheaply) that many draws.
@@ -320,11 +326,13 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
                          shuffle=shuffle, rank=rank, world_size=world_size, worker=worker, num_workers=num_workers)
     reader = manifest.access.reader(manifest)
     bad_in_a_row = barren_in_a_row = 0
-    upcoming = next(order, None)
+    ahead: collections.deque = collections.deque()  # the shards after this one, data.prefetch of them
     try:
-        while upcoming is not None:
-            epoch, position, index = upcoming
-            upcoming = next(order, None)
+        while True:
+            ahead.extend(itertools.islice(order, manifest.access.prefetch + 1 - len(ahead)))
+            if not ahead:
+                break
+            epoch, position, index = ahead.popleft()
             if (epoch, position) != (cur.epoch, cur.shard):
                 cur.epoch, cur.shard, cur.sample = epoch, position, 0
             url, expected = manifest.shards[index]
@@ -342,8 +350,8 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
                     raise DataError(f"{redact(manifest.root)}: {barren_in_a_row} shards in a row gave no usable "
                                     f"sample (last: {exc})") from None
                 continue
-            if upcoming is not None and cur.sample < len(shard):
-                reader.prefetch(upcoming[2])
+            for *_, later in ahead:  # fetched in the background while this shard is decoded
+                reader.prefetch(later)
             with shard:
                 for message in shard.errors:
                     log.warning("damaged shard, read %d samples before: %s: %s", len(shard), redact(url), message)
@@ -372,7 +380,7 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
                                             f"decode (data.max_skipped_in_a_row); last: {notes['last_skip']}")
                         continue
                     bad_in_a_row, yielded = 0, True
-                    yield image, label, sample["__key__"], dataclasses.replace(cur)
+                    yield image, label, sample["__key__"], cur.copy()
             reader.release(shard)
             barren_in_a_row = 0 if yielded else barren_in_a_row + 1
             if barren_in_a_row > len(manifest.shards):

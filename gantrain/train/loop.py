@@ -46,8 +46,6 @@ from gantrain.data.stream import Manifest, StreamLoader, open_data, samples
 from gantrain.data.toy import ToyLoader, ToyProblem
 from gantrain.engines import Engine, Net, make_engine
 from gantrain.metrics import HIGHER_IS_BETTER
-from gantrain.metrics.evaluate import evaluate
-from gantrain.metrics.features import load_extractor
 from gantrain.models import DOutput
 from gantrain.models.layers import EqualizedConv2d, EqualizedLinear
 from gantrain.monitor import Monitor, Stats, setup_logging
@@ -291,8 +289,11 @@ class Trainer:
         self.guard, self.bad_steps = StepGuard(), 0
         self.data_seen = (self.loader.skipped, self.loader.short_shards, self.loader.lost_shards)
         # Evaluation during training: every rank embeds its share of the samples (gantrain.metrics).
-        self.extractor = load_extractor(cfg.eval.extractor, cfg.eval.extractor_path, self.device) \
-            if cfg.eval.metrics else None
+        self.extractor = None
+        if cfg.eval.metrics:  # torchmetrics (and its scipy) is imported only by a run that evaluates
+            from gantrain.metrics.features import load_extractor
+
+            self.extractor = load_extractor(cfg.eval.extractor, cfg.eval.extractor_path, self.device)
         self.best: dict[str, Any] | None = state.get("eval", {}).get("best") if state else None
         self._eval_explained = False  # the feature space and count caveats are logged at the first evaluation
 
@@ -706,6 +707,8 @@ class Trainer:
     def _evaluate(self, monitor: Monitor) -> None:
         """Collective: metrics of G_ema (every rank embeds its share); rank 0 logs them and, on a new best
         of eval.best, writes checkpoint-best.pt and its G_ema export."""
+        from gantrain.metrics.evaluate import evaluate
+
         figures = evaluate(self.G_ema, self.extractor, self.manifest, self.cfg.eval, self.device)
         if self.engine.is_main and not self._eval_explained:  # once per run: counts and space stay the same
             log.info("eval: figures measured in %s%s", figures.space, f" ({figures.note})" if figures.note else "")
