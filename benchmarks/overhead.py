@@ -1,15 +1,12 @@
-"""gantrain's cost over a bare PyTorch loop, and the shard reader's speed against a tight PIL loop.
+"""gantrain's cost over a bare PyTorch loop (the shard reader alone: benchmarks/reader.py).
 
 1. Training step: the same DCGAN, batch, losses and Adam settings, once through gantrain's Trainer
    (phases, stats, grad norms, EMA, the shard stream) and once as a hand-written loop over images
    already in memory. Runs are interleaved (A B A B ...) so machine noise hits both alike; the figure
    is the median over rounds. Ratio = gantrain time / bare time (target <= 1.02).
    Measured twice: with both loops fed the same decoded batches from memory (the loop's own cost),
-   and end to end, gantrain streaming from shards against a bare loop that PIL-decodes the same PNG
-   bytes in-process.
-2. Reader: samples/s of the shard reader (tar parse + decode + label + cursor) in one process against
-   a loop that decodes the same image bytes with PIL straight from memory (target >= 0.9), for tiny
-   32x32 PNGs and for 128x128 RGB JPEGs.
+   and end to end, gantrain streaming from shards (data.workers, --workers) against the bare loop still
+   fed from memory (what the data path costs a run on top).
 
     python benchmarks/overhead.py [--rounds 7] [--steps 20] [--channels 16] [--batch 64]
 """
@@ -33,7 +30,7 @@ from gantrain import config as config_mod
 from gantrain import models
 from gantrain.data.pack import pack
 from gantrain.data.sources import open_source
-from gantrain.data.stream import read_manifest, samples
+from gantrain.data.stream import read_manifest
 from gantrain.engines.single import SingleEngine
 from gantrain.train.loop import Trainer, resolve, seed_everything
 
@@ -51,19 +48,6 @@ class InMemory:
 
     def close(self) -> None:
         pass
-
-
-class PilBatches(InMemory):
-    """What a hand-written loop does without shards: decode each PNG with PIL, stack."""
-
-    def __init__(self, blobs: list[bytes], batch: int):
-        self.blobs, self.batch, self.position = blobs, batch, 0
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        start = self.position
-        self.position = (self.position + self.batch) % (len(self.blobs) - self.batch)
-        return torch.stack([decode_png(b) for b in self.blobs[start:start + self.batch]]), \
-            torch.zeros(self.batch, dtype=torch.int64)
 
 
 def decode_png(blob: bytes) -> torch.Tensor:
@@ -143,8 +127,8 @@ def bench_step(data: Path, args: argparse.Namespace) -> None:
         for label, ours_data, bare_data in (
             ("loop only (both fed the same decoded batches from memory)", InMemory(images, args.batch),
              InMemory(images, args.batch)),
-            (f"end to end (gantrain streams shards, {args.workers} workers; bare decodes PNG bytes in-process)",
-             None, PilBatches(blobs, args.batch)),
+            (f"end to end (gantrain streams shards, {args.workers} workers; bare fed decoded batches from memory)",
+             None, InMemory(images, args.batch)),
         ):
             trainer = Trainer(cfg, Path(tmp) / str(id(ours_data)), SingleEngine("cpu"), manifest=manifest)
             if ours_data is not None:
@@ -156,33 +140,6 @@ def bench_step(data: Path, args: argparse.Namespace) -> None:
                   f"bare {b * 1000:7.2f} ms ({args.batch / b:5.0f} img/s)   ratio {a / b:.3f}  (target <= 1.02)")
     print(f"      DCGAN channels={args.channels}, batch={args.batch}, {manifest.resolution}x{manifest.resolution}, "
           f"{torch.get_num_threads()} torch threads, median of {args.rounds} rounds x {args.steps} steps")
-
-
-def bench_reader(data: Path, rounds: int) -> None:
-    manifest = read_manifest(data)
-    blobs = image_blobs(manifest)
-    mode = "L" if manifest.channels == 1 else "RGB"
-
-    def pil_loop() -> int:
-        for blob in blobs:
-            with Image.open(io.BytesIO(blob)) as image:
-                array = np.array(image.convert(mode), dtype=np.uint8)
-            torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-        return len(blobs)
-
-    def reader() -> int:
-        return sum(1 for _ in samples(manifest, seed=0, shuffle=True, infinite=False))
-
-    ours, theirs = [], []
-    for _ in range(rounds):
-        for fn, out in ((reader, ours), (pil_loop, theirs)):
-            start = time.perf_counter()
-            n = fn()
-            out.append(n / (time.perf_counter() - start))
-    a, b = statistics.median(ours), statistics.median(theirs)
-    size = f"{manifest.resolution}x{manifest.resolution}x{manifest.channels} {manifest.image_format}"
-    print(f"read  {size:>16}: shard reader {a:6.0f} img/s   PIL loop over the same bytes {b:6.0f} img/s   "
-          f"ratio {a / b:.3f}  (target >= 0.9; one process)")
 
 
 def main() -> None:
@@ -199,11 +156,6 @@ def main() -> None:
         data = Path(args.data) if args.data else Path(tmp) / "mnist5k"
         if not args.data:
             pack(open_source("mnist5k"), data, 32, progress=False)
-        bench_reader(data, args.rounds)
-        # Larger images, where decoding rather than tar parsing dominates: digits as 128x128 RGB JPEG.
-        rgb = Path(tmp) / "digits-rgb"
-        pack(open_source("digits"), rgb, 128, channels=3, image_format="jpg", progress=False)
-        bench_reader(rgb, args.rounds)
         bench_step(data, args)
 
 

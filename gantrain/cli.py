@@ -79,7 +79,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
     manifest = pack(open_source(args.source, args.labels), args.out_dir, args.resolution,
                     shard_size=args.shard_size, image_format=args.format, channels=args.channels,
-                    seed=args.seed, force=args.force, resize=args.resize)
+                    seed=args.seed, force=args.force, resize=args.resize, workers=args.workers)
     print(f"{manifest['num_images']} images in {len(manifest['shards'])} shards at "
           f"{manifest['resolution']}x{manifest['resolution']}x{manifest['channels']}, "
           f"{manifest['num_classes']} classes, {manifest['skipped']['count']} skipped -> {args.out_dir}")
@@ -610,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--resolution", type=int, required=True, help="square output size, a power of two")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    p.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel (same output for "
+                   "any number); an interrupted pack run again with the same arguments keeps its finished shards")
     p.add_argument("--format", choices=("png", "jpg"), default="png")
     p.add_argument("--channels", type=int, choices=(1, 3), help="default: 1 if the images are grayscale")
     p.add_argument("--labels", help="IDX labels file (default: guessed from the images file name)")

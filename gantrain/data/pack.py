@@ -7,12 +7,9 @@ atomically; the manifest comes last, so a directory with a manifest is always co
 
 from __future__ import annotations
 
-import hashlib
 import io
-import itertools
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +94,47 @@ def _guess_channels(source: Source, probe: int = 16) -> int:
     return 1
 
 
+_JOB: dict[str, Any] = {}  # what a pack worker process needs (inherited through fork)
+
+
+def _write_shard(number: int) -> dict[str, Any]:
+    """Shard NUMBER of the pack in _JOB: the samples at positions [number * size, (number + 1) * size) of the
+    seeded order, keyed by position, so the shards do not depend on how many workers wrote them. Written
+    atomically, then a hidden record of it (count, sha256, table, skipped items) that a resumed pack reuses."""
+    job = _JOB
+    out_dir: Path = job["out_dir"]
+    name = f"shard-{number:06d}.tar"
+    record_path = out_dir / f".{name}.json"
+    if record_path.exists() and (out_dir / name).exists():
+        return json.loads(record_path.read_text())
+    source, size = job["source"], job["shard_size"]
+    start = number * size
+    skipped: list[str] = []
+    count = 0
+    with atomic_open(out_dir / name, "wb") as f, wds.TarWriter(f, mtime=0) as writer:
+        for position in range(start, min(start + size, len(job["order"]))):
+            index = int(job["order"][position])
+            try:
+                image = fit(source.loader(index), job["resolution"], job["mode"], job["resize"])
+            except Exception as exc:  # a bad item must never stop a pack of a million images
+                skipped.append(f"{source.names[index]}: {type(exc).__name__}: {exc}")
+                continue
+            writer.write({"__key__": f"{position:09d}", job["image_format"]: _encode(image, job["image_format"]),
+                          "cls": int(source.labels[index])})
+            count += 1
+    record = {"name": name, "count": count, "sha256": sha256_file(out_dir / name), **write_table(out_dir / name),
+              "skipped": skipped}
+    atomic_write(record_path, json.dumps(record))
+    return record
+
+
 def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: int = 1000,
          image_format: str = "png", channels: int | None = None, seed: int = 0, force: bool = False,
-         progress: bool = True, resize: str = "center-crop") -> dict[str, Any]:
-    """Write SOURCE as shards of SHARD_SIZE samples at RESOLUTION x RESOLUTION; return the manifest."""
+         progress: bool = True, resize: str = "center-crop", workers: int = 1) -> dict[str, Any]:
+    """Write SOURCE as shards of SHARD_SIZE samples at RESOLUTION x RESOLUTION; return the manifest.
+
+    WORKERS processes write whole shards in parallel (the result is the same for any number). An interrupted
+    pack started again with the same arguments keeps the shards it finished; the manifest comes last."""
     if resolution < 4 or resolution & (resolution - 1):
         raise PackError(f"--resolution must be a power of two >= 4 (got {resolution})")
     if resize not in ("center-crop", "pad", "stretch"):
@@ -109,6 +143,8 @@ def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: in
         raise PackError(f"--shard-size must be >= 1 (got {shard_size})")
     if image_format not in ("png", "jpg"):
         raise PackError(f"--format must be png or jpg (got {image_format})")
+    if workers < 1:
+        raise PackError(f"--workers must be >= 1 (got {workers})")
     out_dir = Path(out_dir)
     if (out_dir / MANIFEST).exists() and not force:
         raise PackError(f"{out_dir / MANIFEST} already exists; pass --force to overwrite")
@@ -117,33 +153,46 @@ def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: in
     if channels not in (1, 3):
         raise PackError(f"--channels must be 1 or 3 (got {channels})")
     mode = "L" if channels == 1 else "RGB"
+    params = {"source": source.description, "items": len(source), "resolution": resolution, "channels": channels,
+              "shard_size": shard_size, "image_format": image_format, "seed": seed, "resize": resize}
+    state = out_dir / ".pack.json"
+    if force or not state.exists() or json.loads(state.read_text()) != params:
+        for stale in out_dir.glob(".shard-*.tar.json"):  # records of another pack: not reused
+            stale.unlink()
+        atomic_write(state, json.dumps(params))
+    elif any(out_dir.glob(".shard-*.tar.json")):
+        log.info("resuming the interrupted pack in %s: finished shards are kept", out_dir)
 
     order = np.random.default_rng(seed).permutation(len(source))
-    skipped: list[str] = []
+    numbers = range((len(source) + shard_size - 1) // shard_size)
+    _JOB.clear()
+    _JOB.update(source=source, out_dir=out_dir, order=order, shard_size=shard_size, resolution=resolution,
+                mode=mode, resize=resize, image_format=image_format)
+    bar = tqdm(total=len(source), desc=f"pack {source.description}", unit="img", disable=not progress)
+    records = []
+    try:
+        if workers == 1:
+            for number in numbers:
+                records.append(_write_shard(number))
+                bar.update(min(shard_size, len(source) - number * shard_size))
+        else:
+            import multiprocessing
 
-    def samples() -> Iterator[dict[str, Any]]:
-        written = 0
-        for index in tqdm(order, desc=f"pack {source.description}", unit="img", disable=not progress):
-            try:
-                image = fit(source.loader(int(index)), resolution, mode, resize)
-            except Exception as exc:  # a bad item must never stop a pack of a million images
-                skipped.append(f"{source.names[index]}: {type(exc).__name__}: {exc}")
-                continue
-            yield {"__key__": f"{written:09d}", image_format: _encode(image, image_format),
-                   "cls": int(source.labels[index])}
-            written += 1
-
-    shards: list[dict[str, Any]] = []
-    stream = samples()
-    while (first := next(stream, None)) is not None:
-        name = f"shard-{len(shards):06d}.tar"
-        count = 0
-        with atomic_open(out_dir / name, "wb") as f, wds.TarWriter(f, mtime=0) as writer:
-            for sample in itertools.chain([first], itertools.islice(stream, shard_size - 1)):
-                writer.write(sample)
-                count += 1
-        shards.append({"name": name, "count": count, "sha256": sha256_file(out_dir / name),
-                       **write_table(out_dir / name)})
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for record in pool.imap(_write_shard, numbers):
+                    records.append(record)
+                    bar.update(shard_size)
+    finally:
+        bar.close()
+        _JOB.clear()
+    skipped = [reason for record in records for reason in record["skipped"]]
+    shards = []
+    for record in records:
+        if record["count"]:
+            shards.append({k: v for k, v in record.items() if k != "skipped"})
+        else:  # every item of this range was unreadable: no shard
+            (out_dir / record["name"]).unlink(missing_ok=True)
+            (out_dir / record["table"]).unlink(missing_ok=True)
     written = sum(s["count"] for s in shards)
 
     if written == 0:
@@ -165,4 +214,7 @@ def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: in
         "shards": shards,
     }
     atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1))
+    for record in records:  # the manifest now holds what they said
+        (out_dir / f".{record['name']}.json").unlink(missing_ok=True)
+    state.unlink(missing_ok=True)
     return manifest
