@@ -25,6 +25,8 @@ from PIL import Image
 from conftest import tiny_config
 from shard_server import ShardServer, free_port
 from gantrain.data.index import ShardIndexError, index
+from gantrain.data.pack import pack
+from gantrain.data.sources import open_source
 from gantrain.data.stream import Access, DataError, StreamLoader, read_manifest, samples, worker_shards
 from gantrain.train.loop import run
 
@@ -71,8 +73,9 @@ def test_http_shards_give_the_local_batches_and_resume_exactly(digits16, tmp_pat
         resumed.close()
     assert _same(got, expected)
     cached = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
-    # eviction keeps what each of the 2 workers holds (its current shard and the prefetched next one)
-    assert 1 <= len(cached) <= 4 and all(p.stat().st_size == shard_bytes or p.name.endswith(".idx") for p in cached)
+    # all 9 shards were read; eviction keeps only what the 2 workers hold (current + 2 prefetched each)
+    assert 1 <= len([p for p in cached if p.suffix == ".tar"]) <= 6
+    assert all(p.read_bytes() == (digits16 / p.name.split("-", 1)[1]).read_bytes() for p in cached)  # exact copies
 
 
 def test_http_faults_a_dropped_connection_is_retried_a_404_shard_skipped_and_counted(digits16, tmp_path):
@@ -240,6 +243,15 @@ def test_s3_through_moto_server_index_train_resume(digits16, tmp_path, monkeypat
             resumed.close()
             cfg = tiny_config(out, model={"resolution": 16}, data={"cache_dir": str(tmp_path / "cache3")})
             run(cfg, tmp_path / "run")
+
+            # pack straight to S3 (staged locally shard by shard): the same bytes as a local pack
+            monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+            pack(open_source("digits"), "s3://gantrain-test/packed", 16, shard_size=200, workers=2, progress=False)
+            assert fs.cat("gantrain-test/packed/manifest.json") == (digits16 / "manifest.json").read_bytes()
+            assert fs.cat("gantrain-test/packed/shard-000004.tar") == (digits16 / "shard-000004.tar").read_bytes()
+            assert not [p for p in (tmp_path / "xdg").rglob("*") if p.is_file()]  # staging emptied
+            packed = read_manifest("s3://gantrain-test/packed", Access(cache_dir=str(tmp_path / "cache4")))
+            assert [k for *_, k, _ in samples(packed, seed=0, shuffle=False, infinite=False)][:3] == first[:3]
     finally:
         server.terminate()
         server.wait(timeout=30)

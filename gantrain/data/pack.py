@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from gantrain.atomic import atomic_open, atomic_write, sha256_file
-from gantrain.data.shards import TABLE_SUFFIX, scan
+from gantrain.data.shards import TABLE_SUFFIX, is_remote, redact, scan
 from gantrain.data.sources import Source
 
 MANIFEST = "manifest.json"
@@ -105,8 +105,10 @@ def _write_shard(number: int) -> dict[str, Any]:
     out_dir: Path = job["out_dir"]
     name = f"shard-{number:06d}.tar"
     record_path = out_dir / f".{name}.json"
-    if record_path.exists() and (out_dir / name).exists():
-        return json.loads(record_path.read_text())
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if record.get("uploaded") or (out_dir / name).exists():
+            return record
     source, size = job["source"], job["shard_size"]
     start = number * size
     skipped: list[str] = []
@@ -124,8 +126,39 @@ def _write_shard(number: int) -> dict[str, Any]:
             count += 1
     record = {"name": name, "count": count, "sha256": sha256_file(out_dir / name), **write_table(out_dir / name),
               "skipped": skipped}
+    if job["remote"] and count:  # straight to object storage: upload, then free the local disk
+        _upload(out_dir / name, job["remote"])
+        _upload(out_dir / record["table"], job["remote"])
+        record["uploaded"] = True
     atomic_write(record_path, json.dumps(record))
+    if job["remote"]:
+        (out_dir / name).unlink(missing_ok=True)
+        (out_dir / record["table"]).unlink(missing_ok=True)
     return record
+
+
+def _upload(path: Path, remote: str) -> None:
+    """PATH to REMOTE/<its name> through fsspec (s3://, gs://, ...; the back-end's own credentials)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(remote)
+    fs.put_file(str(path), root.rstrip("/") + "/" + path.name)
+
+
+def _remote_exists(url: str) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def staging_dir(url: str) -> Path:
+    """Where a pack to URL keeps its shards until uploaded, and its resume records."""
+    import hashlib
+    import os
+
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gantrain" / "pack"
+    return base / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: int = 1000,
@@ -145,6 +178,11 @@ def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: in
         raise PackError(f"--format must be png or jpg (got {image_format})")
     if workers < 1:
         raise PackError(f"--workers must be >= 1 (got {workers})")
+    remote = str(out_dir).rstrip("/") if is_remote(str(out_dir)) else ""
+    if remote:  # written locally shard by shard, each uploaded as soon as it is complete
+        if _remote_exists(remote + "/" + MANIFEST) and not force:
+            raise PackError(f"{redact(remote)}/{MANIFEST} already exists; pass --force to overwrite")
+        out_dir = staging_dir(remote)
     out_dir = Path(out_dir)
     if (out_dir / MANIFEST).exists() and not force:
         raise PackError(f"{out_dir / MANIFEST} already exists; pass --force to overwrite")
@@ -167,7 +205,7 @@ def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: in
     numbers = range((len(source) + shard_size - 1) // shard_size)
     _JOB.clear()
     _JOB.update(source=source, out_dir=out_dir, order=order, shard_size=shard_size, resolution=resolution,
-                mode=mode, resize=resize, image_format=image_format)
+                mode=mode, resize=resize, image_format=image_format, remote=remote)
     bar = tqdm(total=len(source), desc=f"pack {source.description}", unit="img", disable=not progress)
     records = []
     try:
@@ -189,7 +227,7 @@ def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: in
     shards = []
     for record in records:
         if record["count"]:
-            shards.append({k: v for k, v in record.items() if k != "skipped"})
+            shards.append({k: v for k, v in record.items() if k not in ("skipped", "uploaded")})
         else:  # every item of this range was unreadable: no shard
             (out_dir / record["name"]).unlink(missing_ok=True)
             (out_dir / record["table"]).unlink(missing_ok=True)
@@ -213,7 +251,12 @@ def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: in
         "skipped": {"count": len(skipped), "examples": skipped[:20]},
         "shards": shards,
     }
-    atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1))
+    if remote:
+        atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1))
+        _upload(out_dir / MANIFEST, remote)  # last: a manifest there means every shard is there
+        (out_dir / MANIFEST).unlink()
+    else:
+        atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1))
     for record in records:  # the manifest now holds what they said
         (out_dir / f".{record['name']}.json").unlink(missing_ok=True)
     state.unlink(missing_ok=True)

@@ -303,9 +303,11 @@ class ShardReader:
         spec = self.shards[index]
         dest = self._cached(spec.url)
         self._held.add(dest)
-        if dest.exists():
-            os.utime(dest)  # most recently used
-        else:
+        try:
+            os.utime(dest)  # cached already: now the most recently used
+            if spec.size is not None and dest.stat().st_size != spec.size:  # a copy of another version of it
+                raise FileNotFoundError(dest)
+        except FileNotFoundError:  # not cached, or evicted by another worker just now
             dest.parent.mkdir(parents=True, exist_ok=True)
             fetch(spec.url, dest, expected_size=spec.size, retries=self.retries, backoff=self.backoff,
                   timeout=self.timeout)
@@ -370,7 +372,12 @@ class ShardReader:
         if not is_remote(spec.url):
             return local_path(spec.url)
         future = self._pending.pop(index, None)
-        path = future.result() if future is not None else self._fetch(index)
+        try:
+            path = future.result() if future is not None else self._fetch(index)
+        except ShardUnavailable:
+            raise
+        except OSError:  # a race with another worker's eviction (not the network): once more, in the foreground
+            path = self._fetch(index)
         if not path.exists():  # evicted by another worker between the prefetch and now
             path = self._fetch(index)
         return str(path)
