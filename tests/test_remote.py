@@ -27,6 +27,7 @@ from shard_server import ShardServer, free_port
 from gantrain.data.index import ShardIndexError, index
 from gantrain.data.pack import pack
 from gantrain.data.sources import open_source
+from gantrain.data.verify import verify
 from gantrain.data.stream import Access, DataError, StreamLoader, read_manifest, samples, worker_shards
 from gantrain.train.loop import run
 
@@ -157,6 +158,7 @@ def test_foreign_webdatasets_are_indexed_and_train(tmp_path):
     manifest = index([str(shardwriter / "part-{000000..000002}.tar")], tmp_path / "sw.json")
     assert (manifest["num_images"], manifest["num_classes"], manifest["channels"]) == (60, 4, 3)
     assert [s["count"] for s in manifest["shards"]] == [25, 25, 10]
+    assert all(report.ok for report in verify(tmp_path / "sw.json"))  # sha256, counts, every image decodes
     data = read_manifest(tmp_path / "sw.json").at(16)
     decoded = list(samples(data, seed=0, shuffle=False, infinite=False))
     assert [label for _, label, *_ in decoded] == [i % 4 for i in range(60)]
