@@ -394,7 +394,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         device = _eval_device(args.device)
         G = _image_generator(args.checkpoint, args).to(device)
-        channels = _output_shape(G, device)[1]
+        shape = _output_shape(G, device)
+        channels = shape[1]
+        manifest = manifest.at(shape[-1])  # an index's images are fitted to the generator's resolution
         if channels != manifest.channels:
             raise config_mod.ConfigError("--data", f"{args.data} has {manifest.channels}-channel images, the "
                                          f"generator makes {channels}")
@@ -500,6 +502,11 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from gantrain.metrics.features import train_classifier
 
     manifest = read_manifest(args.data)
+    if manifest.resize:
+        if not args.resolution:
+            raise config_mod.ConfigError("--resolution", f"is required: {args.data} is an index of images of any "
+                                         f"size (give the resolution of the models the classifier will judge)")
+        manifest = manifest.at(args.resolution)
     if manifest.num_classes < 2:
         raise config_mod.ConfigError("data", f"{args.data} has no class labels (num_classes "
                                      f"{manifest.num_classes}); the domain classifier needs a labelled shard set")
@@ -746,6 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-images", type=int, default=200000, help="images read into memory")
+    p.add_argument("--resolution", type=int, help="for an index of images of any size: fit them to this")
     p.set_defaults(func=cmd_train_classifier)
     return parser
 
