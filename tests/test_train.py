@@ -263,3 +263,13 @@ def test_a_stop_right_after_a_snapshot_checkpoints_once(digits16, tmp_path):
     assert result["interrupted"] and result["nimg"] == 48
     assert host.heard == [(checkpoint.checkpoint_name(48), 48)]
     assert result["checkpoint"].name == checkpoint.checkpoint_name(48)
+
+
+def test_config_changes_on_resume_tell_edits_from_settings_a_newer_version_added():
+    from gantrain.train.loop import _config_changes
+
+    added: list[str] = []
+    old = {"train": {"kimg": 10}, "data": {"path": "d"}}
+    new = {"train": {"kimg": 20}, "data": {"path": "d", "prefetch": 2}}
+    assert _config_changes(old, new, added=added) == ["train.kimg: 10 -> 20"]
+    assert added == ["data.prefetch=2"]

@@ -849,12 +849,16 @@ class Trainer:
                 "interrupted": self.nimg < total}
 
 
-def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
+                    added: list[str] | None = None) -> list[str]:
+    """Settings that differ from the checkpoint's; settings its version did not have yet go to ADDED."""
     changes = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            changes += _config_changes(a, b, f"{prefix}{key}.")
+            changes += _config_changes(a, b, f"{prefix}{key}.", added)
+        elif key not in old and added is not None:
+            added.append(f"{prefix}{key}={b}")
         elif a != b:
             changes.append(f"{prefix}{key}: {a} -> {b}")
     return changes
@@ -905,7 +909,10 @@ def _run_locked(cfg: Config, run_dir: Path, engine: Engine, state: dict[str, Any
     manifest = None if cfg.data.toy.name != "none" else open_data(cfg.data)
     cfg = resolve(cfg, manifest, engine.world_size)
     if state is not None:
-        changes = _config_changes(state["config"], config_mod.redacted(cfg))
+        added: list[str] = []
+        changes = _config_changes(state["config"], config_mod.redacted(cfg), added=added)
+        if added:
+            log.info("settings newer than the checkpoint's config: %s", ", ".join(added))
         if changes:
             log.warning("config differs from the checkpoint's: %s", "; ".join(changes))
     if engine.is_main:
