@@ -103,7 +103,7 @@ class ToyLoader:
         self.gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 2]).generate_state(1)[0]))
         if state is not None:
             self.gen.set_state(state["generator"])
-        self.skipped = self.short_shards = 0  # nothing to decode, nothing to skip
+        self.skipped = self.short_shards = self.lost_shards = 0  # nothing to decode, nothing to skip
         self.notes: dict[str, str] = {}
 
     def __iter__(self) -> ToyLoader:
