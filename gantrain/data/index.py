@@ -10,7 +10,7 @@ the result like a packed data set and fits each image to `model.resolution` (`da
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import logging
 import os
@@ -19,14 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import io
-
 from braceexpand import braceexpand
 from PIL import Image
 
-from gantrain.atomic import atomic_write
+from gantrain.atomic import atomic_write, sha256_file
 from gantrain.data.pack import GRAY_MODES, INDEX_FORMAT
-from gantrain.data.shards import (IMAGE_EXTS, OpenShard, ShardSpec, ShardUnavailable, fetch, is_remote,
+from gantrain.data.shards import (IMAGE_EXTS, OpenShard, ShardSpec, ShardUnavailable, cache_root, is_remote,
                                   local_path, redact, scan)
 
 log = logging.getLogger(__name__)
@@ -83,15 +81,11 @@ def _scan_one(url: str, label_ext: str, cache_dir: Path, retries: int) -> dict[s
     extensions: dict[str, int] = {}
     with open(path, "rb") as f:
         table = scan(f, size, label_ext, errors, extensions)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
     if errors and not len(table):
         raise ShardIndexError(f"{redact(url)}: not a readable tar ({errors[0]})")
     if errors:
         log.warning("%s: damaged after %d samples (%s); indexing those", redact(url), len(table), errors[0])
-    return {"url": url, "path": path, "table": table, "size": size, "sha256": digest.hexdigest(),
+    return {"url": url, "path": path, "table": table, "size": size, "sha256": sha256_file(path),
             "extensions": extensions}
 
 
@@ -107,8 +101,7 @@ def index(patterns: list[str], out: str | Path, *, workers: int = 1, label: str 
         raise ShardIndexError(f"--workers must be >= 1 (got {workers})")
     urls = expand(patterns)
     label_kind, label_field = _parse_label(label)
-    cache = Path(cache_dir) if cache_dir else \
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gantrain" / "shards"
+    cache = Path(cache_dir) if cache_dir else cache_root("shards")
     if label_kind == "auto":  # what the first shard holds: a .cls member per sample, else no labels
         first = _scan_one(urls[0], "cls", cache, retries)
         label_kind = "cls" if first["extensions"].get("cls") else "none"

@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from gantrain.atomic import atomic_open, atomic_write, sha256_file
-from gantrain.data.shards import TABLE_SUFFIX, is_remote, redact, scan
+from gantrain.data.shards import TABLE_SUFFIX, cache_root, is_remote, redact, scan
 from gantrain.data.sources import Source
 
 MANIFEST = "manifest.json"
@@ -155,10 +155,8 @@ def _remote_exists(url: str) -> bool:
 def staging_dir(url: str) -> Path:
     """Where a pack to URL keeps its shards until uploaded, and its resume records."""
     import hashlib
-    import os
 
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gantrain" / "pack"
-    return base / hashlib.sha256(url.encode()).hexdigest()[:16]
+    return cache_root("pack") / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def pack(source: Source, out_dir: str | Path, resolution: int, *, shard_size: int = 1000,

@@ -43,6 +43,12 @@ REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|pipe:)", re.IGNORECASE)
 TABLE_SUFFIX = ".idx"
 
 
+def cache_root(kind: str) -> Path:
+    """$XDG_CACHE_HOME/gantrain/KIND (~/.cache by default): where remote shards are copied ("shards") and a
+    pack to object storage is staged ("pack")."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gantrain" / kind
+
+
 class ShardUnavailable(OSError):
     """A shard that could not be fetched or opened (after the retries); the message names it."""
 
@@ -190,9 +196,11 @@ class Table:
 
 
 def _key_ext(name: str) -> tuple[str | None, str]:
-    """WebDataset's grouping rule (webdataset.tariterators.base_plus_ext), suffix lowercased."""
-    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
-    return (match.group(1), match.group(2).lower()) if match else (None, "")
+    """WebDataset's own grouping rule (key = name up to the first dot of the basename), suffix lowercased."""
+    from webdataset.tariterators import base_plus_ext
+
+    key, ext = base_plus_ext(name)
+    return key, (ext or "").lower()
 
 
 def scan(fileobj, size: int, label_ext: str = "cls", errors: list[str] | None = None,

@@ -37,8 +37,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gantrain.data.pack import FORMAT, INDEX_FORMAT, MANIFEST, fit
-from gantrain.data.shards import (ShardReader, ShardSpec, ShardUnavailable, describe, is_remote, join, local_path,
-                                  missing, read_bytes, redact)
+from gantrain.data.shards import (IMAGE_EXTS, ShardReader, ShardSpec, ShardUnavailable, describe, is_remote, join, local_path,
+                                  cache_root, missing, read_bytes, redact)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ class Access:
     prefetch: int = 2  # remote shards fetched ahead of the one being read, per worker
 
     def reader(self, manifest: Manifest) -> ShardReader:
-        cache = self.cache_dir or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                                      / "gantrain" / "shards")
+        cache = self.cache_dir or str(cache_root("shards"))
         return ShardReader(manifest.specs, label_ext=manifest.label_ext, cache_dir=cache,
                            cache_bytes=self.cache_bytes, retries=self.retries, backoff=self.backoff,
                            timeout=self.timeout, prefetch=self.prefetch)
@@ -96,7 +95,7 @@ class Manifest:
                                    access=access or self.access)
 
 
-IMAGE_FORMATS = ("png", "jpg", "jpeg", "webp")
+IMAGE_FORMATS = IMAGE_EXTS  # image members the reader decodes
 RESIZE_MODES = ("center-crop", "pad", "stretch")
 
 
