@@ -1,9 +1,9 @@
 """Limited data: the CPU quickstart DCGAN on 1,000 MNIST digits, without augmentation, with DiffAugment
-and with ADA, FID every 10 kimg. Prints one table (and writes a plot with --plot).
+and with ADA, FID / KID / precision / recall every 10 kimg. Prints one table (and writes a plot with --plot).
 
     .venv/bin/python benchmarks/limited_data.py [--kimg 100] [--every 10] [--plot docs/limited-data.png]
 
-The 1,000 images are the first 1,000 of the bundled MNIST-5k (data/mnist1k-32, packed here). FID uses the
+The 1,000 images are the first 1,000 of the bundled MNIST-5k (data/mnist1k-32, packed here). The metrics use the
 quickstart's digit classifier (data/mnist5k-32-classifier.safetensors, trained here if missing) with 2,000
 generated samples, against the 1,000 training images during training ("train" FID, as the ADA paper
 reports) and, at the end, against all 5,000 digits ("held-out" FID: 4,000 of them were never seen).
@@ -59,8 +59,8 @@ def _mnist_csv() -> Path:
 def train(name: str, small: Path, classifier: Path, runs: Path, kimg: float, every: float) -> Path:
     run_dir = runs / name
     overrides = [f"data.path={small}", f"train.kimg={kimg}", f"eval.every_kimg={every}", "eval.num_samples=2000",
-                 "eval.metrics=[fid]", f"eval.extractor_path={classifier}", "eval.best=fid", "log.progress=false",
-                 f"log.snapshot_kimg={kimg}", *VARIANTS[name]]
+                 "eval.metrics=[fid,kid,pr]", f"eval.extractor_path={classifier}", "eval.best=fid",
+                 "log.progress=false", f"log.snapshot_kimg={kimg}", *VARIANTS[name]]
     subprocess.run([*GANTRAIN, "train", str(REPO / "configs" / "quickstart.yaml"), *overrides, "--run-dir",
                     str(run_dir), "--resume", "auto"], check=True, cwd=REPO)
     return run_dir
@@ -85,11 +85,12 @@ def main() -> None:
     parser.add_argument("--plot", help="write FID against kimg to this PNG")
     args = parser.parse_args()
     full, small, classifier = prepare(Path(args.data))
-    curves, held = {}, {}
+    curves, held, others = {}, {}, {}
     for name in [args.only] if args.only else VARIANTS:
         run_dir = train(name, small, classifier, Path(args.runs), args.kimg, args.every)
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         curves[name] = [(round(row["nimg"] / 1000), row["Metrics/fid"]) for row in rows if "Metrics/fid" in row]
+        others[name] = {round(row["nimg"] / 1000): row for row in rows if "Metrics/fid" in row}
         held[name] = held_out_fid(run_dir, full, classifier)
         stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
         if name == "ada":
@@ -103,6 +104,16 @@ def main() -> None:
         print(f"| {k:g} | " + " | ".join(cells) + " |")
     print("| best (train FID) | " + " | ".join(f"{min(f for _, f in c):.2f}" for c in curves.values()) + " |")
     print("| final, held-out FID (5k) | " + " | ".join(f"{held[n]:.2f}" for n in curves) + " |")
+    print()  # KID and precision / recall against the training images, from the same evaluations
+    print("| kimg | " + " | ".join(f"{n} KID x 1e3 / precision / recall" for n in curves) + " |")
+    print("| --- |" + " --- |" * len(curves))
+    for k in kimgs:
+        cells = []
+        for n in curves:
+            row = others[n].get(k, {})
+            cells.append(" / ".join(f"{row[key] * scale:.3f}" if key in row else "–" for key, scale in
+                                    (("Metrics/kid", 1e3), ("Metrics/precision", 1), ("Metrics/recall", 1))))
+        print(f"| {k:g} | " + " | ".join(cells) + " |")
     if args.plot:
         import matplotlib
 

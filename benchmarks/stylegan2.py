@@ -10,7 +10,10 @@ On CPU the networks are narrowed (the settings below); on a GPU the reference's 
 paper256 (256x256, batch 64) and config-f (1024x1024, batch 32). Published anchor: the reference runs
 StyleGAN2 at 256x256, batch 16, on one A100 at 12.53 s/kimg (StyleGAN3 repo, docs/configs.md).
 
-    python benchmarks/stylegan2.py [--steps 16] [--precisions fp32,bf16] [--only NAME]
+    python benchmarks/stylegan2.py [--steps 16] [--precisions fp32,bf16] [--only NAME] [--ada]
+
+--ada runs each setting a second time with ADA's bgc pipe at a fixed p of 0.5 (the cost of augmentation
+inside a real training step: reals and fakes for D, fakes for G, the R1 reals).
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ GPU_SETTINGS = {
 }
 
 
-def one(name: str, precision: str, steps: int, data_root: Path) -> dict:
+ADA = ["augment.name=ada", "augment.p=0.5", "augment.target=null"]  # --ada: the bgc pipe at a fixed p of 0.5
+
+
+def one(name: str, precision: str, steps: int, data_root: Path, ada: bool = False) -> dict:
     from gantrain import config as config_mod
     from gantrain.data.pack import pack
     from gantrain.data.sources import open_source
@@ -54,7 +60,8 @@ def one(name: str, precision: str, steps: int, data_root: Path) -> dict:
     cfg = config_mod.load(REPO / "configs" / "stylegan2-cpu.yaml", [
         f"data.path={data}", "data.workers=0", "eval.metrics=none", f"model.channel_base={base}",
         f"model.max_channels={cmax}", f"model.z_dim={zdim}", f"model.w_dim={zdim}", f"model.mapping_layers={mapping}",
-        f"train.batch={batch}", f"engine.precision={precision}", f"engine.device={device}", "log.progress=false"])
+        f"train.batch={batch}", f"engine.precision={precision}", f"engine.device={device}", "log.progress=false",
+        *(ADA if ada else ["augment.name=none"])])
     manifest = read_manifest(data)
     return {"name": name, **time_steps(resolve(cfg, manifest, 1), manifest, device, precision, 4, steps)}
 
@@ -95,11 +102,13 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--only", help="one setting by name")
     parser.add_argument("--modconv", action="store_true", help="only the modulated-convolution comparison")
+    parser.add_argument("--ada", action="store_true", help="each setting also with ADA (bgc, p 0.5)")
+    parser.add_argument("--one-ada", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=2, metavar=("NAME", "PRECISION"), help=argparse.SUPPRESS)
     parser.add_argument("--data-root", default=str(Path(tempfile.gettempdir()) / "gantrain-bench-data"))
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], args.one[1], args.steps, Path(args.data_root))))
+        print(json.dumps(one(args.one[0], args.one[1], args.steps, Path(args.data_root), args.one_ada)))
         return
     if args.modconv:
         for base in (512, 2048):
@@ -108,17 +117,20 @@ def main() -> None:
     names = [args.only] if args.only else [*CPU_SETTINGS, *(GPU_SETTINGS if torch.cuda.is_available() else {})]
     print(f"StyleGAN2 full training steps ({args.steps} after 4 warm-up; R1 every 16, path length every 4), "
           f"{torch.get_num_threads()} torch threads")
-    print(f"{'setting':>14} {'prec':>5} {'res':>5} {'batch':>5} {'G params':>11} {'D params':>11} {'img/s':>8} "
+    print(f"{'setting':>18} {'prec':>5} {'res':>5} {'batch':>5} {'G params':>11} {'D params':>11} {'img/s':>8} "
           f"{'s/kimg':>8} {'peak MiB':>9}")
     for name in names:
-        for precision in args.precisions.split(","):
+        variants = [(p, a) for p in args.precisions.split(",") for a in ([False, True] if args.ada else [False])]
+        for precision, ada in variants:
+            label = name + (" +ada" if ada else "")
             out = subprocess.run([sys.executable, __file__, "--one", name, precision, "--steps", str(args.steps),
-                                  "--data-root", args.data_root], capture_output=True, text=True, cwd=REPO)
+                                  "--data-root", args.data_root, *(["--one-ada"] if ada else [])],
+                                 capture_output=True, text=True, cwd=REPO)
             if out.returncode:
-                print(f"{name:>14} {precision:>5}  failed: {out.stderr.strip().splitlines()[-1]}")
+                print(f"{label:>18} {precision:>5}  failed: {out.stderr.strip().splitlines()[-1]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{name:>14} {precision:>5} {r['resolution']:>5} {r['batch']:>5} {r['params_G']:>11,} "
+            print(f"{label:>18} {precision:>5} {r['resolution']:>5} {r['batch']:>5} {r['params_G']:>11,} "
                   f"{r['params_D']:>11,} {r['img_per_sec']:>8.1f} {r['sec_per_kimg']:>8.1f} {r['peak_mem_mib']:>9.0f}")
     print("memory: peak CUDA allocated on a GPU, peak RSS of the process on CPU")
 
