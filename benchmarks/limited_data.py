@@ -104,15 +104,15 @@ def main() -> None:
         print(f"| {k:g} | " + " | ".join(cells) + " |")
     print("| best (train FID) | " + " | ".join(f"{min(f for _, f in c):.2f}" for c in curves.values()) + " |")
     print("| final, held-out FID (5k) | " + " | ".join(f"{held[n]:.2f}" for n in curves) + " |")
-    print()  # KID and precision / recall against the training images, from the same evaluations
-    print("| kimg | " + " | ".join(f"{n} KID x 1e3 / precision / recall" for n in curves) + " |")
+    print()  # KID (in the classifier's feature units) and precision / recall, from the same evaluations
+    print("| kimg | " + " | ".join(f"{n} KID / precision / recall" for n in curves) + " |")
     print("| --- |" + " --- |" * len(curves))
     for k in kimgs:
         cells = []
         for n in curves:
             row = others[n].get(k, {})
-            cells.append(" / ".join(f"{row[key] * scale:.3f}" if key in row else "–" for key, scale in
-                                    (("Metrics/kid", 1e3), ("Metrics/precision", 1), ("Metrics/recall", 1))))
+            cells.append(" / ".join(f"{row[key]:{fmt}}" if key in row else "–" for key, fmt in
+                                    (("Metrics/kid", ".4g"), ("Metrics/precision", ".3f"), ("Metrics/recall", ".3f"))))
         print(f"| {k:g} | " + " | ".join(cells) + " |")
     if args.plot:
         import matplotlib
