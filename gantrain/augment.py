@@ -8,7 +8,8 @@
   its parameters: x-flip, 90-degree rotations, integer translation (blit); isotropic scaling, rotation,
   anisotropic scaling, fractional translation (geom), sampled through a 2x-upsampled, sym6-filtered,
   reflect-padded image as the reference does; brightness, contrast, luma flip, hue, saturation (color);
-  additive noise and cutout. p is adapted by the trainer (gantrain.train.loop) from r_t = E[sign D(real)].
+  four frequency bands amplified by random gains through one 43-tap filter bank (filter); additive noise
+  and cutout. p is adapted by the trainer (gantrain.train.loop) from r_t = E[sign D(real)].
 
 Every random number is drawn through `Draws`, for the whole global batch, so an image's augmentation
 depends only on the generator's state and its index in that batch (not on ranks or micro-batches).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,18 +27,23 @@ from gantrain.models.resample import downsample2d, upsample2d
 
 DIFFAUGMENT_OPS = ("color", "translation", "cutout")
 
-# The reference's pipes (augpipe_specs) as op weights; those with its image-space filter ("f") are not built.
+# The reference's pipes (augpipe_specs) as op weights.
 _BLIT = dict(xflip=1, rotate90=1, xint=1)
 _GEOM = dict(scale=1, rotate=1, aniso=1, xfrac=1)
 _COLOR = dict(brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)
-PIPES = {"blit": _BLIT, "geom": _GEOM, "color": _COLOR, "noise": dict(noise=1), "cutout": dict(cutout=1),
-         "bg": {**_BLIT, **_GEOM}, "bgc": {**_BLIT, **_GEOM, **_COLOR}}
-UNBUILT_PIPES = ("filter", "bgcf", "bgcfn", "bgcfnc")
+_BGCF = {**_BLIT, **_GEOM, **_COLOR, "imgfilter": 1}
+PIPES = {"blit": _BLIT, "geom": _GEOM, "color": _COLOR, "filter": dict(imgfilter=1), "noise": dict(noise=1),
+         "cutout": dict(cutout=1), "bg": {**_BLIT, **_GEOM}, "bgc": {**_BLIT, **_GEOM, **_COLOR}, "bgcf": _BGCF,
+         "bgcfn": {**_BGCF, "noise": 1}, "bgcfnc": {**_BGCF, "noise": 1, "cutout": 1}}
 
 # The reference's op parameters.
 XINT_MAX, SCALE_STD, ROTATE_MAX, ANISO_STD, XFRAC_STD = 0.125, 0.2, 1.0, 0.2, 0.125
 BRIGHTNESS_STD, CONTRAST_STD, HUE_MAX, SATURATION_STD = 0.2, 0.5, 1.0, 1.0
 NOISE_STD, CUTOUT_SIZE = 0.1, 0.5
+IMGFILTER_STD = 1.0  # log2 of each band's gain ~ N(0, 1), for all four bands (imgfilter_bands [1, 1, 1, 1])
+EXPECTED_POWER = (10 / 13, 1 / 13, 1 / 13, 1 / 13)  # the bands' share of an image's power (1/f)
+# Symlet-2 low-pass (the reference's Hz_lo for the image-space filter bank).
+SYM2 = (-0.12940952255092145, 0.22414386804185735, 0.836516303737469, 0.48296291314469025)
 # Symlet-6 low-pass (the reference's Hz_geom): the anti-aliasing filter of the geometric ops.
 SYM6 = (0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
         0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
@@ -195,13 +202,35 @@ def _deterministic_gpu(x: torch.Tensor) -> bool:
     return x.is_cuda and torch.are_deterministic_algorithms_enabled()
 
 
+def filter_bank() -> torch.Tensor:
+    """The reference's four-band filter bank [4, 43] (float64), built from the symlet-2 wavelet: band 0 the
+    lowest frequencies, band 3 the highest (H(-z) H(-z^-1) / 2 at full rate). The rows sum to a unit
+    impulse (the wavelet is orthogonal), so equal gains leave an image unchanged."""
+    lo = np.asarray(SYM2)
+    hi = lo * (-1.0) ** np.arange(lo.size)
+    lo2, hi2 = np.convolve(lo, lo[::-1]) / 2, np.convolve(hi, hi[::-1]) / 2
+    bank = np.eye(4, 1)
+    for i in range(1, 4):
+        up = np.zeros((4, bank.shape[1] * 2 - 1))  # upsample by 2: a zero between taps
+        up[:, ::2] = bank
+        bank = np.stack([np.convolve(row, lo2) for row in up])
+        start = (bank.shape[1] - hi2.size) // 2
+        bank[i, start:start + hi2.size] += hi2
+    return torch.from_numpy(bank)
+
+
+def _reflect_index(size: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Indices of a side of SIZE reflect-padded by PAD on both ends, reflecting as often as PAD needs
+    (F.pad's reflect mode allows PAD < SIZE only; the filter's 21 exceeds a 16-pixel side)."""
+    period = 2 * (size - 1)
+    i = torch.remainder(torch.arange(-pad, size + pad, device=device), period)
+    return torch.where(i >= size, period - i, i)
+
+
 class AdaPipe:
     """The reference's augmentation pipeline for one pipe name; call with the current probability P."""
 
     def __init__(self, pipe: str):
-        if pipe in UNBUILT_PIPES:
-            raise ValueError(f"augment.pipe: '{pipe}' needs the reference's image-space filter op, which gantrain "
-                             f"does not build; use one of {', '.join(PIPES)}")
         if pipe not in PIPES:
             raise ValueError(f"augment.pipe: unknown pipe '{pipe}' (one of {', '.join(PIPES)})")
         self.ops = PIPES[pipe]
@@ -213,6 +242,8 @@ class AdaPipe:
             x = self._geometric(x, p, draws)
         if any(op in self.ops for op in _COLOR):
             x = self._color(x, p, draws)
+        if "imgfilter" in self.ops:
+            x = self._imgfilter(x, p, draws)
         if "noise" in self.ops:
             n, d = x.shape[0], x.device
             sigma = draws.randn(n, 1, 1, 1, device=d).abs() * NOISE_STD
@@ -290,6 +321,27 @@ class AdaPipe:
             m = m[:, :3, :].mean(dim=1, keepdim=True)
             flat = flat * m[:, :, :3].sum(dim=2, keepdim=True) + m[:, :, 3:]
         return flat.reshape(x.shape)
+
+    def _imgfilter(self, x: torch.Tensor, p: float, draws: Draws) -> torch.Tensor:
+        """Each of the four frequency bands amplified by 2^N(0, 1) with probability p, the gains normalized so
+        the expected power stays put; one separable 43-tap filter per sample, reflect-padded (the reference's
+        imgfilter)."""
+        n, c, h, w = x.shape
+        d = x.device
+        bank = filter_bank().to(device=d, dtype=torch.float32)
+        expected = torch.tensor(EXPECTED_POWER, device=d)
+        gains = torch.ones(n, 4, device=d)
+        for band in range(4):
+            t_band = self._where("imgfilter", p, torch.exp2(draws.randn(n, device=d) * IMGFILTER_STD), 1, draws)
+            t = torch.ones(n, 4, device=d).index_copy(1, torch.tensor([band], device=d), t_band.view(n, 1))
+            gains = gains * t / (expected * t.square()).sum(dim=1, keepdim=True).sqrt()
+        taps = (gains @ bank).repeat_interleave(c, dim=0).to(x.dtype)  # [n * c, 43], sample-major like x
+        pad = bank.shape[1] // 2
+        y = x.reshape(1, n * c, h, w)
+        y = y.index_select(3, _reflect_index(w, pad, d)).index_select(2, _reflect_index(h, pad, d))
+        y = F.conv2d(y, taps.view(n * c, 1, 1, -1), groups=n * c)  # rows, then columns
+        y = F.conv2d(y, taps.view(n * c, 1, -1, 1), groups=n * c)
+        return y.reshape(n, c, h, w)
 
     def _cutout(self, x: torch.Tensor, p: float, draws: Draws) -> torch.Tensor:
         n, _, h, w = x.shape

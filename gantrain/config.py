@@ -343,7 +343,7 @@ class AugmentConfig:
 
     name: Literal["none", "diffaugment", "ada"] = "none"
     policy: str = "color,translation,cutout"  # diffaugment: comma-separated ops
-    pipe: str = "bgc"  # ada: the reference's pipe names (blit, geom, color, noise, cutout, bg, bgc)
+    pipe: str = "bgc"  # ada: the reference's pipe names (blit, geom, color, filter, noise, cutout, bg ... bgcfnc)
     p: float = 0.0  # ada: the initial probability (fixed when target is null)
     target: float | None = 0.6
     interval: int = 4  # ada: D steps per adjustment (the reference's ada_interval)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from gantrain.augment import PIPES, AdaPipe, Augment, Draws, _transform, adjust_p
+from gantrain.augment import PIPES, AdaPipe, Augment, Draws, _transform, adjust_p, filter_bank
 from gantrain.config import ConfigError
 from gantrain.train import checkpoint
 from gantrain.train.loop import run
@@ -54,6 +54,26 @@ def test_every_ada_op_at_p1_changes_the_image_keeps_shape_and_passes_gradients(o
     weights = torch.randn_like(y)
     (grad,) = torch.autograd.grad((y * weights).sum(), x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_the_filter_bank_splits_an_image_into_four_bands_that_sum_to_it():
+    """The image-space filter's bank (the reference's, from symlet-2): its rows add up to a unit impulse,
+    since the wavelet is orthogonal (float64 rounding over 43 taps: < 1e-11); only band 0 passes a constant
+    image (its taps sum to 1, the other bands' to 0), so a flat image comes out scaled by band 0's gain alone.
+    With every gain 1 (p so small that no band is drawn) the pipe returns the image to float32 rounding."""
+    bank = filter_bank()
+    assert bank.shape == (4, 43)
+    impulse = torch.zeros(43, dtype=torch.float64)
+    impulse[21] = 1
+    assert (bank.sum(0) - impulse).abs().max() < 1e-11
+    assert (bank.sum(1) - torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)).abs().max() < 1e-11
+    x = _images(size=16)  # smaller than the 21-pixel padding: reflected more than once
+    assert (AdaPipe("filter")(x, 1e-9, _draws()) - x).abs().max() < 1e-5
+    flat = torch.full((6, 1, 32, 32), 0.5)
+    y = AdaPipe("filter")(flat, 1.0, _draws())
+    per_image = y.flatten(1)
+    assert (per_image - per_image[:, :1]).abs().max() < 1e-5  # still flat
+    assert (per_image[:, 0] - 0.5).abs().max() > 1e-3  # but band 0's gain moved its level
 
 
 @pytest.mark.parametrize("op", ["color", "translation", "cutout"])
@@ -254,8 +274,7 @@ def test_diffaugment_trains_a_growing_progan_through_its_fades(digits16, tmp_pat
 
 
 def test_bad_augment_settings_are_one_line_errors(digits16):
-    for section, key in (({"name": "ada", "pipe": "bgcfnc"}, "augment.pipe"),
-                         ({"name": "ada", "pipe": "nope"}, "augment.pipe"),
+    for section, key in (({"name": "ada", "pipe": "nope"}, "augment.pipe"),
                          ({"name": "diffaugment", "policy": "color,blur"}, "augment.policy"),
                          ({"name": "ada", "p": 1.5}, "augment.p"),
                          ({"name": "ada", "target": 1.5}, "augment.target")):
