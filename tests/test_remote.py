@@ -74,8 +74,10 @@ def test_http_shards_give_the_local_batches_and_resume_exactly(digits16, tmp_pat
         resumed.close()
     assert _same(got, expected)
     cached = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
-    # all 9 shards were read; eviction keeps only what the 2 workers hold (current + 2 prefetched each)
-    assert 1 <= len([p for p in cached if p.suffix == ".tar"]) <= 6
+    # all 9 shards were read; eviction keeps only what the 2 workers hold (current + 2 prefetched each). No
+    # lower bound: once the loaders close nothing is held, and a prefetch cut short at close can leave the cache
+    # empty after making room for itself (seen once in a full-suite run on a loaded machine: 0 shards left)
+    assert len([p for p in cached if p.suffix == ".tar"]) <= 6
     assert all(p.read_bytes() == (digits16 / p.name.split("-", 1)[1]).read_bytes() for p in cached)  # exact copies
 
 
