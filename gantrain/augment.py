@@ -190,12 +190,17 @@ def _bilinear_gather(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 def _reflect_pad_index(x: torch.Tensor, pads: list[int]) -> torch.Tensor:
     """F.pad(mode="reflect") through index_select, whose CUDA backward is deterministic (reflection
-    padding's is not). Each pad is smaller than its side, as _transform's margins are."""
+    padding's is not), reflecting as often as a pad needs (F.pad allows pads smaller than the side only;
+    the image filter's 21 exceeds a 16-pixel side)."""
     x0, x1, y0, y1 = pads
     h, w = x.shape[2:]
-    ix, iy = (torch.arange(-a, size + b, device=x.device).abs() for a, b, size in ((x0, x1, w), (y0, y1, h)))
-    ix, iy = torch.where(ix >= w, 2 * (w - 1) - ix, ix), torch.where(iy >= h, 2 * (h - 1) - iy, iy)
-    return x.index_select(3, ix).index_select(2, iy)
+
+    def index(before: int, after: int, size: int) -> torch.Tensor:
+        period = 2 * (size - 1)
+        i = torch.remainder(torch.arange(-before, size + after, device=x.device), period)
+        return torch.where(i >= size, period - i, i)
+
+    return x.index_select(3, index(x0, x1, w)).index_select(2, index(y0, y1, h))
 
 
 def _deterministic_gpu(x: torch.Tensor) -> bool:
@@ -217,14 +222,6 @@ def filter_bank() -> torch.Tensor:
         start = (bank.shape[1] - hi2.size) // 2
         bank[i, start:start + hi2.size] += hi2
     return torch.from_numpy(bank)
-
-
-def _reflect_index(size: int, pad: int, device: torch.device) -> torch.Tensor:
-    """Indices of a side of SIZE reflect-padded by PAD on both ends, reflecting as often as PAD needs
-    (F.pad's reflect mode allows PAD < SIZE only; the filter's 21 exceeds a 16-pixel side)."""
-    period = 2 * (size - 1)
-    i = torch.remainder(torch.arange(-pad, size + pad, device=device), period)
-    return torch.where(i >= size, period - i, i)
 
 
 class AdaPipe:
@@ -338,7 +335,7 @@ class AdaPipe:
         taps = (gains @ bank).repeat_interleave(c, dim=0).to(x.dtype)  # [n * c, 43], sample-major like x
         pad = bank.shape[1] // 2
         y = x.reshape(1, n * c, h, w)
-        y = y.index_select(3, _reflect_index(w, pad, d)).index_select(2, _reflect_index(h, pad, d))
+        y = _reflect_pad_index(y, [pad] * 4)
         y = F.conv2d(y, taps.view(n * c, 1, 1, -1), groups=n * c)  # rows, then columns
         y = F.conv2d(y, taps.view(n * c, 1, -1, 1), groups=n * c)
         return y.reshape(n, c, h, w)
