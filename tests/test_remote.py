@@ -1,6 +1,7 @@
 """Shards from HTTP (a real threaded server on 127.0.0.1, with latency, dropped connections and 404s), S3
 (moto's standalone server) and Google Cloud Storage (gcp-storage-emulator), both emulators on 127.0.0.1
-(the only S3- and GCS-compatible servers installable here), foreign WebDatasets through `gantrain index`, and the reader's memory on a large shard."""
+(the only S3- and GCS-compatible servers installable here), foreign WebDatasets through `gantrain index`,
+and the reader's memory on a large shard."""
 
 from __future__ import annotations
 
@@ -205,56 +206,54 @@ def test_foreign_webdatasets_are_indexed_and_train(tmp_path):
 SECRET = "not-a-real-secret-5f2c"
 
 
-def _wait_for_bucket(connect, bucket: str):
-    """The emulators take a few seconds to listen: the file system once the bucket could be made."""
-    for _ in range(150):
-        try:
-            fs = connect()
-            fs.mkdir(bucket)
-            return fs
-        except Exception:
-            time.sleep(0.2)
-    raise AssertionError(f"the emulator never accepted bucket {bucket}")
-
-
 @contextmanager
+def _emulator(command: list[str], connect, bucket: str):
+    """An object-store emulator on 127.0.0.1 (it takes a few seconds to listen): its file system once BUCKET
+    could be made; stopped on exit."""
+    server = subprocess.Popen([str(Path(sys.executable).parent / command[0]), *command[1:]],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(150):
+            try:
+                fs = connect()
+                fs.mkdir(bucket)
+                break
+            except Exception:
+                time.sleep(0.2)
+        else:
+            raise AssertionError(f"{command[0]} never accepted bucket {bucket}")
+        yield fs
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def _s3(monkeypatch, bucket: str):
-    """moto's standalone S3 server on 127.0.0.1; credentials from the environment, as a user's would be."""
+    """moto's standalone S3 server; credentials from the environment, as a user's would be."""
     port = free_port()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import s3fs
+    import s3fs
 
-        yield _wait_for_bucket(lambda: s3fs.S3FileSystem(skip_instance_cache=True), bucket)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    return _emulator(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                     lambda: s3fs.S3FileSystem(skip_instance_cache=True), bucket)
 
 
-@contextmanager
 def _gcs(monkeypatch, bucket: str):
-    """gcp-storage-emulator (Google Cloud Storage's JSON API, in memory) on 127.0.0.1, reached by gcsfs through
+    """gcp-storage-emulator (Google Cloud Storage's JSON API, in memory), reached by gcsfs through
     STORAGE_EMULATOR_HOST without credentials. gcsfs's default file system first asks the Storage Control
     gRPC API for the bucket's layout, which the emulator does not serve (60 s per bucket, then it falls back
-    to the JSON API): GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false picks the JSON-API file system directly."""
+    to the JSON API): GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false, read when gcsfs is imported, picks the
+    JSON-API file system directly."""
     port = free_port()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "gcp-storage-emulator"), "start", "--host",
-                               "127.0.0.1", "--port", str(port), "--in-memory"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import gcsfs
+    import gcsfs
 
-        yield _wait_for_bucket(lambda: gcsfs.GCSFileSystem(skip_instance_cache=True), bucket)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    return _emulator(["gcp-storage-emulator", "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+                     lambda: gcsfs.GCSFileSystem(skip_instance_cache=True), bucket)
 
 
 @pytest.mark.slow
