@@ -123,6 +123,9 @@ class ModelConfig:
     conv_clamp: float | None = None  # clamp activations to +-conv_clamp (the reference: 256 with fp16)
     style_mixing: float = 0.9  # probability that a training sample switches to a second latent at a random layer
     minibatch_channels: int = 1  # statistics of D's minibatch stddev (the reference's mbstd_num_channels)
+    # G's image: linear (the reference: the toRGB sum as it is) or tanh (bounded to the data's [-1, 1]; for
+    # data with saturated pixels, such as digits on a flat black background: docs/benchmarks.md)
+    output: Literal["linear", "tanh"] = "linear"
     # With engine.precision fp16/bf16: only the blocks of the top N resolutions (not below 8x8) compute in
     # it, the rest and D's epilogue in fp32 (the reference's num_fp16_res, 4); with fp32 it changes nothing.
     num_fp16_res: int = 4

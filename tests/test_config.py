@@ -189,7 +189,7 @@ def test_hparams_list_only_what_the_run_reads_in_config_order():
     assert list(config_mod.in_use(style)["model"]) == [
         "name", "z_dim", "max_channels", "conditional", "spectral_norm", "minibatch_group", "resolution", "w_dim",
         "mapping_layers", "channel_base", "d_architecture", "conv_clamp", "style_mixing", "minibatch_channels",
-        "num_fp16_res"]
+        "output", "num_fp16_res"]
 
 
 def test_stylegan2_model_keys_are_validated():

@@ -128,6 +128,25 @@ def test_noise_modes_truncation_and_cutoff():
     assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
 
 
+def test_tanh_output_bounds_the_image_and_is_the_only_change():
+    """model.output=tanh: the same network and parameters (a checkpoint of either loads into the other), the
+    image tanh of the reference's linear toRGB sum, so every sample lies in the data's [-1, 1]; the path-length
+    gradient still reaches w through it."""
+    G, _ = _tiny()
+    T, _ = _tiny(output="tanh")
+    T.load_state_dict(G.state_dict())
+    G.eval(), T.eval()
+    ws = G.mapping(torch.randn(16, 8) * 3)
+    linear, bounded = G.synthesis(ws, "const"), T.synthesis(ws, "const")
+    assert linear.abs().max() > 1  # the reference's image is unbounded at init
+    assert torch.equal(bounded, torch.tanh(linear)) and bounded.abs().max() < 1
+    ws.requires_grad_(True)
+    grad, = torch.autograd.grad(T.synthesis(ws, "const").sum(), ws)
+    assert grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="model.output"):
+        _tiny(output="sigmoid")
+
+
 def test_w_avg_tracks_the_mean_w_while_training():
     G, _ = _tiny(style_mixing=0)
     G.train()

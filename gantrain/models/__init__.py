@@ -48,7 +48,7 @@ def _stylegan2(cfg: ModelConfig, spec: DataSpec) -> tuple[Generator, Discriminat
 
     spec = DataSpec(spec.resolution, spec.channels, spec.num_classes if cfg.conditional else 0)
     return (StyleGAN2Generator(spec, cfg.z_dim, cfg.w_dim, cfg.mapping_layers, cfg.channel_base, cfg.max_channels,
-                               cfg.conv_clamp, cfg.style_mixing, num_fp16_res=cfg.num_fp16_res),
+                               cfg.conv_clamp, cfg.style_mixing, num_fp16_res=cfg.num_fp16_res, output=cfg.output),
             StyleGAN2Discriminator(spec, cfg.channel_base, cfg.max_channels, cfg.d_architecture,
                                    cfg.minibatch_group, cfg.minibatch_channels, cfg.conv_clamp,
                                    num_fp16_res=cfg.num_fp16_res))
@@ -73,7 +73,7 @@ COMMON_KEYS = ("name", "z_dim", "channels", "max_channels", "depth", "conditiona
 FAMILY_KEYS: dict[str, tuple[str, ...]] = {
     "stylegan2": ("name", "z_dim", "w_dim", "mapping_layers", "channel_base", "max_channels", "conditional",
                   "spectral_norm", "d_architecture", "minibatch_group", "minibatch_channels", "conv_clamp",
-                  "style_mixing", "num_fp16_res", "resolution"),
+                  "style_mixing", "num_fp16_res", "output", "resolution"),
     "biggan": ("name", "z_dim", "channels", "conditional", "spectral_norm", "sn_eps", "init", "shared_dim", "hier",
                "attention", "bn_eps", "resolution"),
 }

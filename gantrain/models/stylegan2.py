@@ -9,7 +9,9 @@ resampling, written in plain PyTorch ops (no custom CUDA extension).
 - Synthesis: a learned 4x4 constant; per resolution two modulated 3x3 convolutions with weight
   demodulation (grouped convolution: one kernel serves the batch), the first upsampling by 2 through
   the [1, 3, 3, 1] FIR filter; per-pixel noise with a learned strength per layer; bias + LeakyReLU(0.2)
-  with gain sqrt(2); a toRGB per resolution summed through upsampling ("skip").
+  with gain sqrt(2); a toRGB per resolution summed through upsampling ("skip"). The sum is the image, as in
+  the reference; `output="tanh"` (not in the reference) bounds it to [-1, 1] for data whose pixels sit at
+  the range's ends, where an unbounded G cannot match a flat background (docs/benchmarks.md).
 - Discriminator: residual blocks ("resnet", or "orig") with fromRGB at the top, FIR downsampling, a
   minibatch-stddev epilogue, two fully connected layers; projection conditioning through an embedded
   label ("cmap") when conditional.
@@ -254,10 +256,13 @@ def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
 
 class SynthesisNetwork(nn.Module):
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
-                 channel_max: int = 512, conv_clamp: float | None = None, num_fp16_res: int = 0):
+                 channel_max: int = 512, conv_clamp: float | None = None, num_fp16_res: int = 0,
+                 output: str = "linear"):
         super().__init__()
+        if output not in ("linear", "tanh"):
+            raise ValueError(f"model.output: linear or tanh (got {output!r})")
         reduced_from = fp16_from(img_resolution, num_fp16_res)
-        self.w_dim, self.img_resolution = w_dim, img_resolution
+        self.w_dim, self.img_resolution, self.output = w_dim, img_resolution, output
         self.block_resolutions = [2 ** i for i in range(2, int(np.log2(img_resolution)) + 1)]
         self.num_ws = 0
         self.blocks = nn.ModuleDict()
@@ -277,7 +282,7 @@ class SynthesisNetwork(nn.Module):
         for block in self.blocks.values():
             x, img = block(x, img, ws.narrow(1, index, block.num_conv + block.num_torgb), noise_mode)
             index += block.num_conv
-        return img
+        return torch.tanh(img) if self.output == "tanh" else img
 
 
 class MappingNetwork(nn.Module):
@@ -327,12 +332,13 @@ class StyleGAN2Generator(Generator):
 
     def __init__(self, spec: DataSpec, z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8,
                  channel_base: int = 32768, channel_max: int = 512, conv_clamp: float | None = None,
-                 style_mixing: float = 0.9, noise_mode: str = "random", num_fp16_res: int = 0):
+                 style_mixing: float = 0.9, noise_mode: str = "random", num_fp16_res: int = 0,
+                 output: str = "linear"):
         super().__init__()
         self.z_dim, self.num_classes, self.w_dim = z_dim, spec.num_classes, w_dim
         self.style_mixing, self.noise_mode = style_mixing, noise_mode
         self.synthesis_net = SynthesisNetwork(w_dim, spec.resolution, spec.channels, channel_base, channel_max,
-                                              conv_clamp, num_fp16_res)
+                                              conv_clamp, num_fp16_res, output)
         self.num_ws = self.synthesis_net.num_ws
         self.mapping_net = MappingNetwork(z_dim, spec.num_classes, w_dim, self.num_ws, mapping_layers)
 
