@@ -11,6 +11,7 @@ paper256 (256x256, batch 64) and config-f (1024x1024, batch 32). Published ancho
 StyleGAN2 at 256x256, batch 16, on one A100 at 12.53 s/kimg (StyleGAN3 repo, docs/configs.md).
 
     python benchmarks/stylegan2.py [--steps 16] [--precisions fp32,bf16] [--only NAME] [--ada]
+    python benchmarks/stylegan2.py --modconv | --layout   # fused vs non-fused modconv; channels_last vs contiguous
 
 --ada runs each setting a second time with ADA's bgc pipe at a fixed p of 0.5 (the cost of augmentation
 inside a real training step: reals and fakes for D, fakes for G, the R1 reals).
@@ -96,12 +97,54 @@ def modconv(channel_base: int, rounds: int = 2, passes: int = 5) -> None:
           f"(G+D forward+backward, batch 32, best of {rounds} rounds x {passes})")
 
 
+def layout(channel_base: int, resolution: int, batch: int, rounds: int = 3, passes: int = 4) -> None:
+    """channels_last against the default contiguous layout: G+D forward and backward (the non-fused
+    training path) with every 4-d weight, the constant input and the images in each layout, alternating
+    rounds, the outputs compared."""
+    from gantrain import config as config_mod
+    from gantrain import models
+
+    cfg = config_mod.load(REPO / "configs" / "stylegan2-cpu.yaml", [f"model.channel_base={channel_base}"])
+    torch.manual_seed(0)
+    G, D = models.build(cfg.model, models.DataSpec(resolution, 1, 0))
+    z = torch.randn(batch, cfg.model.z_dim)
+    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    times: dict[str, list[float]] = {name: [] for name in formats}
+    outputs = {}
+    for _ in range(rounds):
+        for name in times:
+            fmt = formats[name]
+            G.to(memory_format=fmt), D.to(memory_format=fmt)
+            for block in G.synthesis_net.blocks.values():  # the 4x4 constant is 3-d: its copies are made 4-d
+                if hasattr(block, "const"):
+                    block.const.data = block.const.data.contiguous()
+
+            def step():
+                torch.manual_seed(1)
+                img = G(z).contiguous(memory_format=fmt)
+                out = D(img)
+                out.sum().backward()
+                return out.detach()
+
+            outputs[name] = step()  # warm-up
+            start = time.perf_counter()
+            for _ in range(passes):
+                step()
+            times[name].append((time.perf_counter() - start) / passes)
+    a, b = min(times["contiguous"]), min(times["channels_last"])
+    diff = (outputs["contiguous"] - outputs["channels_last"]).abs().max().item()
+    print(f"layout, {resolution}x{resolution} channel_base {channel_base}, batch {batch}: "
+          f"contiguous {a * 1000:.0f} ms  channels_last {b * 1000:.0f} ms  ratio {b / a:.2f}  "
+          f"(G+D forward+backward, best of {rounds} rounds x {passes}; D scores differ by {diff:.1e})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--only", help="one setting by name")
     parser.add_argument("--modconv", action="store_true", help="only the modulated-convolution comparison")
+    parser.add_argument("--layout", action="store_true", help="only channels_last against contiguous")
     parser.add_argument("--ada", action="store_true", help="each setting also with ADA (bgc, p 0.5)")
     parser.add_argument("--one-ada", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=2, metavar=("NAME", "PRECISION"), help=argparse.SUPPRESS)
@@ -113,6 +156,10 @@ def main() -> None:
     if args.modconv:
         for base in (512, 2048):
             modconv(base)
+        return
+    if args.layout:
+        for base, resolution, batch in ((512, 32, 32), (2048, 32, 32), (1024, 64, 16)):
+            layout(base, resolution, batch)
         return
     names = [args.only] if args.only else [*CPU_SETTINGS, *(GPU_SETTINGS if torch.cuda.is_available() else {})]
     print(f"StyleGAN2 full training steps ({args.steps} after 4 warm-up; R1 every 16, path length every 4), "

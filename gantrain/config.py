@@ -485,9 +485,14 @@ class EngineConfig:
     # torch.compile on the training forwards of G and D (single, ddp); penalties that differentiate an
     # input gradient (R1, R2, GP, path length) run uncompiled: compiled graphs have no double backward.
     compile: bool = False
+    # G, G_ema and D (their 4-d weights) and the real images in the channels_last memory layout (single,
+    # ddp): the same function, faster for some convolution sizes (benchmarks/stylegan2.py --layout).
+    channels_last: bool = False
 
     def validate(self) -> None:
         _check(self.zero_stage in (0, 1, 2), "engine.zero_stage", f"must be 0, 1 or 2 (got {self.zero_stage})")
+        _check(not (self.channels_last and self.name == "deepspeed"), "engine.channels_last",
+               "not supported with engine.name=deepspeed (ZeRO flattens parameters as contiguous; use single or ddp)")
         _check(not (self.compile and self.name == "deepspeed"), "engine.compile",
                "not supported with engine.name=deepspeed (use single or ddp)")
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "engine.device",

@@ -93,6 +93,54 @@ def test_engine_compile_trains_like_eager_with_penalties_uncompiled(digits16, tm
         assert torch.allclose(eager, compiled, atol=atol, rtol=rtol)
 
 
+@pytest.mark.parametrize("family", ["dcgan", "stylegan2"])
+def test_channels_last_trains_like_the_contiguous_layout(family, digits16, tmp_path):
+    """engine.channels_last: G, G_ema, D and the reals in the channels_last layout; 4 steps with lazy R1 (and
+    path length and style mixing for StyleGAN2) == the contiguous layout, up to float32 reassociation (other
+    convolution kernels only reorder sums: the equivalence tests' derived bounds); the export is readable."""
+    from conftest import tiny_config
+    from equivalence import ADAM_EPS, tolerance
+    from safetensors.torch import load_file
+    from test_stylegan2 import STYLEGAN2_TINY
+
+    from gantrain.data.stream import read_manifest
+    from gantrain.engines.single import SingleEngine
+    from gantrain.train.loop import Trainer, resolve
+
+    model = {"norm": "none"} if family == "dcgan" else STYLEGAN2_TINY
+    loss = {"r1": {"weight": 0.5, "interval": 2}}
+    if family == "stylegan2":
+        loss["pl"] = {"weight": 2.0, "interval": 2}
+    nets = []
+    for channels_last in (False, True):
+        cfg = tiny_config(digits16, model=model, loss=loss, train={"batch": 16, "ema_kimg": 0.02},
+                          optim={"eps": ADAM_EPS}, engine={"channels_last": channels_last})
+        cfg = resolve(cfg, read_manifest(digits16), 1)
+        (tmp_path / str(channels_last)).mkdir()
+        trainer = Trainer(cfg, tmp_path / str(channels_last), SingleEngine("cpu", "fp32"))
+        for _ in range(4):
+            trainer.train_step()
+        reals = trainer._real_batch()[0][0]
+        trainer.loader.close()
+        convs = [p for net in (trainer.G_model, trainer.D_model, trainer.G_ema) for p in net.parameters()
+                 if p.dim() == 4]
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert convs and all(p.is_contiguous(memory_format=layout) for p in convs)
+        assert reals.is_contiguous(memory_format=layout)
+        assert trainer.snapshot() is not None
+        export = load_file(next((tmp_path / str(channels_last)).glob("G_ema-*.safetensors")))
+        assert export.keys() == trainer.G_ema.state_dict().keys()
+        nets.append([*trainer.G_model.parameters(), *trainer.D_model.parameters()])
+    atol, rtol = tolerance(4)
+    for contiguous, last in zip(*nets):
+        assert torch.allclose(contiguous, last, atol=atol, rtol=rtol)
+
+
+def test_channels_last_is_refused_under_deepspeed():
+    with pytest.raises(ConfigError, match="engine.channels_last: not supported with engine.name=deepspeed"):
+        _cfg(name="deepspeed", channels_last=True)
+
+
 def test_engine_compile_is_refused_under_deepspeed():
     with pytest.raises(ConfigError, match="engine.compile: not supported with engine.name=deepspeed"):
         _cfg(name="deepspeed", compile=True)

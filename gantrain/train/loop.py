@@ -217,7 +217,10 @@ class Trainer:
         seed_everything(cfg.run.seed, cfg.run.deterministic)  # same initial weights on every rank
         G, D = models.build(cfg.model, self.spec)
         # The full networks; the engines wrap _view(...) of them (for a growing model: its active part).
-        self.G_model, self.D_model = G.to(self.device), D.to(self.device)
+        layout = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
+        self.layout = layout if not self.toy else torch.contiguous_format
+        self.G_model = G.to(self.device, memory_format=self.layout)
+        self.D_model = D.to(self.device, memory_format=self.layout)
         self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
         L = cfg.loss
         self.d_objective, self.g_objective = losses.OBJECTIVES[L.name]
@@ -563,7 +566,7 @@ class Trainer:
             images, c = next(self.loader)
             x = images.to(self.device, non_blocking=True).to(torch.get_default_dtype())
             if not self.toy:  # toy samples are vectors already in model space
-                x = self._at_stage(x / 127.5 - 1)
+                x = self._at_stage(x / 127.5 - 1).contiguous(memory_format=self.layout)
             reals.append(x)
             labels.append(c.to(self.device, non_blocking=True))
         return reals, labels
