@@ -1,15 +1,18 @@
-"""Which part of the StyleGAN2 CPU preset fails: its G, its D, or the recipe (docs/benchmarks.md).
+"""Which part of a CPU preset fails: its G, its D, or the recipe (docs/benchmarks.md).
 
     # train configs/stylegan2-cpu.yaml with one network replaced by the DCGAN quickstart's (16 feature maps
     # at 32x32, like the preset's), everything else as the preset: loss, lazy R1, Adam, EMA, the loop
-    .venv/bin/python benchmarks/stylegan2_probe.py swap G --run-dir runs/probe-swapG train.kimg=8 loss.pl.weight=0
-    .venv/bin/python benchmarks/stylegan2_probe.py swap D --run-dir runs/probe-swapD train.kimg=8
+    .venv/bin/python benchmarks/probe.py swap G --run-dir runs/probe-swapG train.kimg=8 loss.pl.weight=0
+    .venv/bin/python benchmarks/probe.py swap D --run-dir runs/probe-swapD train.kimg=8
+    # the same for the BigGAN cpu preset (class-conditional: the DCGAN nets condition by concatenation)
+    .venv/bin/python benchmarks/probe.py swap G --preset biggan-cpu --run-dir runs/probe-bgG train.kimg=40
     # fit G alone: N fixed latents to N MNIST digits by L2 regression (no D), mean squared error per 100 steps
-    .venv/bin/python benchmarks/stylegan2_probe.py fit --family stylegan2 --lr 0.0025 --images 64 --steps 400
+    .venv/bin/python benchmarks/probe.py fit --family stylegan2 --lr 0.0025 --images 64 --steps 400
 
 `swap none --no-noise` keeps both StyleGAN2 networks but turns G's noise inputs off. `swap G` needs
 `loss.pl.weight=0` (the DCGAN G has no mapping network); `swap D --d-norm none|batch` picks the
-DCGAN D's normalization, `swap G --g-norm` the G's. The fit reports the MSE of predicting the mean image as
+DCGAN D's normalization, `swap G --g-norm` the G's; `--preset biggan-cpu` swaps in the BigGAN cpu preset
+(conditional DCGAN nets: G with a class embedding next to z, D by `--d-conditioning`, concat by default). The fit reports the MSE of predicting the mean image as
 the baseline to beat.
 """
 
@@ -24,29 +27,30 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
-def swap(which: str, norm: str, no_noise: bool, argv: list[str]) -> int:
+def swap(preset: str, which: str, norm: str, no_noise: bool, d_conditioning: str, argv: list[str]) -> int:
     from gantrain import models
     from gantrain.cli import main
     from gantrain.models.base import DataSpec
     from gantrain.models.dcgan import DCGANDiscriminator, DCGANGenerator
     from gantrain.models.stylegan2 import SynthesisLayer
 
-    stylegan2 = models.MODELS["stylegan2"]
+    family = preset.split("-")[0]
+    build = models.MODELS[family]
 
     def swapped(cfg, spec):
-        G, D = stylegan2(cfg, spec)
+        G, D = build(cfg, spec)
         for layer in G.modules():
             if no_noise and isinstance(layer, SynthesisLayer):
                 layer.use_noise = False
-        plain = DataSpec(spec.resolution, spec.channels, 0)
+        conditional = cfg.conditional and spec.num_classes > 0
         if which == "none":
             return G, D
         if which == "D":
-            return G, DCGANDiscriminator(plain, 16, 512, False, norm, "concat", "none", 4, 32)
-        return DCGANGenerator(plain, cfg.z_dim, 16, 512, False, norm), D
+            return G, DCGANDiscriminator(spec, 16, 512, conditional, norm, d_conditioning, "none", 4, 32)
+        return DCGANGenerator(spec, cfg.z_dim, 16, 512, conditional, norm), D
 
-    models.MODELS["stylegan2"] = swapped
-    return main(["train", str(REPO / "configs" / "stylegan2-cpu.yaml"), *argv])
+    models.MODELS[family] = swapped
+    return main(["train", str(REPO / "configs" / f"{preset}.yaml"), *argv])
 
 
 def fit(family: str, lr: float, images: int, steps: int, beta1: float) -> None:
@@ -84,6 +88,9 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("swap", help="train the preset with G or D replaced by DCGAN's")
     s.add_argument("which", choices=["G", "D", "none"])
+    s.add_argument("--preset", default="stylegan2-cpu", choices=["stylegan2-cpu", "biggan-cpu"])
+    s.add_argument("--d-conditioning", default="concat", choices=["concat", "projection"],
+                   help="how the DCGAN D of `swap D` conditions on the class (conditional presets)")
     s.add_argument("--no-noise", action="store_true", help="StyleGAN2 G without its per-pixel noise inputs")
     s.add_argument("--g-norm", default="batch", choices=["batch", "none"])
     s.add_argument("--d-norm", default="batch", choices=["batch", "none"])
@@ -99,5 +106,6 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
 if __name__ == "__main__":
     args, rest = parse()
     if args.cmd == "swap":
-        sys.exit(swap(args.which, args.g_norm if args.which == "G" else args.d_norm, args.no_noise, rest))
+        sys.exit(swap(args.preset, args.which, args.g_norm if args.which == "G" else args.d_norm, args.no_noise,
+                      args.d_conditioning, rest))
     fit(args.family, args.lr, args.images, args.steps, args.beta1)
