@@ -5,14 +5,15 @@
     .venv/bin/python benchmarks/probe.py swap G --run-dir runs/probe-swapG train.kimg=8 loss.pl.weight=0
     .venv/bin/python benchmarks/probe.py swap D --run-dir runs/probe-swapD train.kimg=8
     # the same for the BigGAN cpu preset (class-conditional: the DCGAN nets condition by concatenation)
-    .venv/bin/python benchmarks/probe.py swap G --preset biggan-cpu --run-dir runs/probe-bgG train.kimg=40
+    .venv/bin/python benchmarks/probe.py swap D --d-norm none --preset biggan-cpu --run-dir runs/probe-bgD train.kimg=30
     # fit G alone: N fixed latents to N MNIST digits by L2 regression (no D), mean squared error per 100 steps
     .venv/bin/python benchmarks/probe.py fit --family stylegan2 --lr 0.0025 --images 64 --steps 400
 
 `swap none --no-noise` keeps both StyleGAN2 networks but turns G's noise inputs off. `swap G` needs
 `loss.pl.weight=0` (the DCGAN G has no mapping network); `swap D --d-norm none|batch` picks the
 DCGAN D's normalization, `swap G --g-norm` the G's; `--preset biggan-cpu` swaps in the BigGAN cpu preset
-(conditional DCGAN nets: G with a class embedding next to z, D by `--d-conditioning`, concat by default). The fit reports the MSE of predicting the mean image as
+(conditional DCGAN nets: G with a class embedding next to z, D by `--d-conditioning`, concat by default;
+the preset's spectral norm applies to a swapped-in net too, which cripples the DCGAN G: use `swap D` there). The fit reports the MSE of predicting the mean image as
 the baseline to beat.
 """
 
@@ -30,7 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 def swap(preset: str, which: str, norm: str, no_noise: bool, d_conditioning: str, argv: list[str]) -> int:
     from gantrain import models
     from gantrain.cli import main
-    from gantrain.models.base import DataSpec
     from gantrain.models.dcgan import DCGANDiscriminator, DCGANGenerator
     from gantrain.models.stylegan2 import SynthesisLayer
 
