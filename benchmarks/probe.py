@@ -13,8 +13,8 @@
 `loss.pl.weight=0` (the DCGAN G has no mapping network); `swap D --d-norm none|batch` picks the
 DCGAN D's normalization, `swap G --g-norm` the G's; `--preset biggan-cpu` swaps in the BigGAN cpu preset
 (conditional DCGAN nets: G with a class embedding next to z, D by `--d-conditioning`, concat by default;
-the preset's spectral norm applies to a swapped-in net too, which cripples the DCGAN G: use `swap D` there). The fit reports the MSE of predicting the mean image as
-the baseline to beat.
+the preset's spectral norm applies to a swapped-in net too, which cripples the DCGAN G: use `swap D` there).
+The fit reports the MSE of predicting the mean image as the baseline to beat.
 """
 
 from __future__ import annotations
