@@ -8,7 +8,11 @@
    and end to end, gantrain streaming from shards (data.workers, --workers) against the bare loop still
    fed from memory (what the data path costs a run on top).
 
-    python benchmarks/overhead.py [--rounds 7] [--steps 20] [--channels 16] [--batch 64]
+   With --memory-cache-gb > 0 (data.memory_cache_gb) the stream first reads one epoch untimed, so that the
+   timed steps take their batches from the decoded samples kept in memory.
+
+    python benchmarks/overhead.py [--rounds 7] [--steps 20] [--channels 16] [--batch 64] [--workers 0]
+                                  [--memory-cache-gb 0]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from gantrain import config as config_mod
 from gantrain import models
 from gantrain.data.pack import pack
 from gantrain.data.sources import open_source
-from gantrain.data.stream import read_manifest
+from gantrain.data.stream import open_data, read_manifest
 from gantrain.engines.single import SingleEngine
 from gantrain.train.loop import Trainer, resolve, seed_everything
 
@@ -115,7 +119,7 @@ def interleaved(a, b, rounds: int, steps: int) -> tuple[float, float]:
 def bench_step(data: Path, args: argparse.Namespace) -> None:
     manifest = read_manifest(data)
     cfg = config_mod.from_dict({
-        "data": {"path": str(data), "workers": args.workers},
+        "data": {"path": str(data), "workers": args.workers, "memory_cache_gb": args.memory_cache_gb},
         "model": {"name": "dcgan", "z_dim": 64, "channels": args.channels},
         "train": {"batch": args.batch, "kimg": 1000, "ema_kimg": 2.0},
     })
@@ -127,13 +131,17 @@ def bench_step(data: Path, args: argparse.Namespace) -> None:
         for label, ours_data, bare_data in (
             ("loop only (both fed the same decoded batches from memory)", InMemory(images, args.batch),
              InMemory(images, args.batch)),
-            (f"end to end (gantrain streams shards, {args.workers} workers; bare fed decoded batches from memory)",
+            (f"end to end (gantrain streams shards, {args.workers} workers"
+             f"{f', memory cache warm' if args.memory_cache_gb else ''}; bare fed decoded batches from memory)",
              None, InMemory(images, args.batch)),
         ):
-            trainer = Trainer(cfg, Path(tmp) / str(id(ours_data)), SingleEngine("cpu"), manifest=manifest)
+            trainer = Trainer(cfg, Path(tmp) / str(id(ours_data)), SingleEngine("cpu"), manifest=open_data(cfg.data))
             if ours_data is not None:
                 trainer.loader.close()
                 trainer.loader = ours_data
+            elif args.memory_cache_gb:
+                for _ in range(-(-manifest.num_images // args.batch) + args.workers):  # one epoch, untimed
+                    next(trainer.loader)
             a, b = interleaved(trainer.train_step, bare_loop(spec, cfg, bare_data), args.rounds, args.steps)
             trainer.loader.close()
             print(f"step  {label}\n      gantrain {a * 1000:7.2f} ms ({args.batch / a:5.0f} img/s)   "
@@ -149,6 +157,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="data workers for the gantrain side")
+    parser.add_argument("--memory-cache-gb", type=float, default=0.0, help="data.memory_cache_gb (per worker)")
     parser.add_argument("--data", help="packed shards (default: pack mnist5k at 32x32 into a temp dir)")
     args = parser.parse_args()
     torch.manual_seed(0)

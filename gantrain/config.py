@@ -76,6 +76,9 @@ class DataConfig:
     retries: int = 3  # a shard fetch that fails is retried this often (exponential backoff), then skipped
     timeout: float = 60.0  # seconds to connect and between reads before a fetch counts as failed
     prefetch: int = 2  # remote shards each data worker fetches ahead of the one it reads (0: none)
+    # Decoded samples kept in RAM, per data worker (0: off): from the second epoch on, a shard in the cache is
+    # neither read nor decoded again. For data sets that fit in memory; the stream is identical either way.
+    memory_cache_gb: float = 0.0
     # How images of an index (foreign shards of any size) are fitted to model.resolution; packed shards
     # are already square and sized.
     resize: Literal["center-crop", "pad", "stretch"] = "center-crop"
@@ -86,6 +89,7 @@ class DataConfig:
         _check(self.retries >= 0, "data.retries", f"must be >= 0 (got {self.retries})")
         _check(self.timeout > 0, "data.timeout", f"must be > 0 (got {self.timeout})")
         _check(self.prefetch >= 0, "data.prefetch", f"must be >= 0 (got {self.prefetch})")
+        _check(self.memory_cache_gb >= 0, "data.memory_cache_gb", f"must be >= 0 (got {self.memory_cache_gb})")
         _check(self.max_skipped_in_a_row >= 1, "data.max_skipped_in_a_row",
                f"must be >= 1 (got {self.max_skipped_in_a_row})")
         if self.toy.name == "none":

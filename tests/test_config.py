@@ -69,6 +69,8 @@ def test_impossible_values(tmp_path):
     assert key == "model.name" and "dcgan" in message
     key, _ = _error(tmp_path, "train: {kimg: 1}\n")
     assert key == "data.path"
+    key, message = _error(tmp_path, "data: {path: x, memory_cache_gb: -1}\n")
+    assert key == "data.memory_cache_gb" and ">= 0" in message
 
 
 def test_malformed_yaml_and_override(tmp_path):

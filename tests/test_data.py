@@ -1,7 +1,9 @@
+import dataclasses
 import gzip
 import itertools
 import io
 import json
+import logging
 import struct
 import zipfile
 
@@ -146,6 +148,67 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     next(loader)  # good samples 0, 4, then the second epoch's 0, 4: seven bad ones passed on the way
     assert loader.skipped == 7
     loader.close()
+    # Remembered in memory (data.memory_cache_gb), the skips are replayed and counted the same way.
+    reading, cached = (StreamLoader(m, batch_size=4, seed=0, shuffle=False, num_workers=0)
+                       for m in (manifest, _in_memory(manifest)))
+    _same_batches(cached, reading, 5)
+    assert cached.skipped == reading.skipped == 9 * 4 + 3  # 10 epochs of 2 good, 4 bad; the last stops at 4
+    reading.close()
+    cached.close()
+
+
+def _in_memory(manifest, budget=1 << 30):
+    return dataclasses.replace(manifest, access=dataclasses.replace(manifest.access, memory_cache_bytes=budget))
+
+
+def _same_batches(a, b, n):
+    for _ in range(n):
+        (images, labels), (want_images, want_labels) = next(a), next(b)
+        assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
+
+
+def test_memory_cache_gives_the_same_stream_and_reads_each_shard_once(digits16, tmp_path, caplog):
+    """data.memory_cache_gb: from the second epoch on the stream comes from memory: the same batches and
+    cursors as reading, even with the shard files gone; a budget that holds a few shards caches those."""
+    import shutil
+    shutil.copytree(digits16, tmp_path / "d")
+    plain = read_manifest(tmp_path / "d")
+    reading = StreamLoader(plain, batch_size=50, seed=1, num_workers=0)
+    expected = [next(reading) for _ in range(108)]  # 3 epochs of 1,797 (9 shards)
+    want_state = reading.state_dict()
+    reading.close()
+    cached = StreamLoader(_in_memory(plain), batch_size=50, seed=1, num_workers=0)
+    _same_batches(cached, iter(expected[:36]), 36)  # the first epoch is read (and remembered)
+    for shard in (tmp_path / "d").glob("*.tar"):
+        shard.unlink()
+    _same_batches(cached, iter(expected[36:]), 72)
+    assert cached.state_dict() == want_state and cached.lost_shards == 0
+    cached.close()
+    # A resume starts with an empty cache and is still exact; a budget for ~3 of the 9 shards
+    # (200 x 16x16 bytes + per-sample overhead each) fills, says so once, and the rest is read on every visit.
+    shutil.copytree(digits16, tmp_path / "d", dirs_exist_ok=True)
+    caplog.set_level(logging.INFO, logger="gantrain.data.stream")
+    resumed = StreamLoader(_in_memory(plain, 3 * 200 * (256 + 256 + 8)), batch_size=50, seed=1, num_workers=0,
+                           state=expected_state(plain))
+    _same_batches(resumed, iter(expected[20:]), 88)
+    resumed.close()
+    spent = [r for r in caplog.records if "memory_cache_gb is spent" in r.getMessage()]
+    assert len(spent) == 1 and "in 3 shards" in spent[0].getMessage()
+    # Workers each keep their own cache; the stream is the same.
+    two = [StreamLoader(m, batch_size=50, seed=1, num_workers=2) for m in (plain, _in_memory(plain))]
+    _same_batches(two[1], two[0], 80)
+    for loader in two:
+        loader.close()
+
+
+def expected_state(manifest):
+    """The state after 20 batches of the plain stream (the resume point of the test above)."""
+    loader = StreamLoader(manifest, batch_size=50, seed=1, num_workers=0)
+    for _ in range(20):
+        next(loader)
+    state = loader.state_dict()
+    loader.close()
+    return state
 
 
 def test_damaged_shard_keeps_the_samples_before_the_damage(digits16, tmp_path):

@@ -43,7 +43,7 @@ def expand(patterns: list[str]) -> list[str]:
     for url in urls:
         if url.lower().endswith(COMPRESSED):
             raise ShardIndexError(f"{redact(url)}: compressed shards cannot be read by seeking; uncompress them "
-                              f"(plain .tar, as webdataset's ShardWriter and img2dataset write by default)")
+                                  f"(plain .tar, as webdataset's ShardWriter and img2dataset write by default)")
     if len(set(urls)) != len(urls):
         raise ShardIndexError(f"{len(urls) - len(set(urls))} shards are listed twice")
     return urls

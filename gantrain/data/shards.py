@@ -87,8 +87,8 @@ def describe(exc: BaseException) -> str:
 
 def missing(exc: BaseException) -> bool:
     """A genuine 'no such file' (a 404, a missing key or path), not a connection failure in disguise."""
-    return isinstance(exc, FileNotFoundError) and (exc.__cause__ is None or isinstance(exc.__cause__,
-                                                                                      FileNotFoundError))
+    cause = exc.__cause__
+    return isinstance(exc, FileNotFoundError) and (cause is None or isinstance(cause, FileNotFoundError))
 
 
 def read_bytes(url: str, timeout: float = 60.0) -> bytes:

@@ -16,13 +16,13 @@ the class label (never a pickle), and a sample that fails to decode is skipped a
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import io
 import json
 import logging
-import os
 import re
 import signal
 from collections.abc import Iterator
@@ -37,8 +37,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gantrain.data.pack import FORMAT, INDEX_FORMAT, MANIFEST, fit
-from gantrain.data.shards import (IMAGE_EXTS, ShardReader, ShardSpec, ShardUnavailable, describe, is_remote, join, local_path,
-                                  cache_root, missing, read_bytes, redact)
+from gantrain.data.shards import (IMAGE_EXTS, ShardReader, ShardSpec, ShardUnavailable, describe, is_remote, join,
+                                  local_path, cache_root, missing, read_bytes, redact)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Access:
     backoff: float = 0.5  # seconds before the first retry, doubled per retry
     timeout: float = 60.0  # seconds to connect, and between reads, before a fetch counts as failed
     prefetch: int = 2  # remote shards fetched ahead of the one being read, per worker
+    memory_cache_bytes: int = 0  # decoded samples kept per worker of an infinite stream (0: none)
 
     def reader(self, manifest: Manifest) -> ShardReader:
         cache = self.cache_dir or str(cache_root("shards"))
@@ -195,7 +196,8 @@ def read_manifest(root: str | Path, access: Access | None = None) -> Manifest:
 def open_data(data_cfg: Any) -> Manifest:
     """read_manifest with the access options of a DataConfig (cache, retries, resize)."""
     access = Access(cache_dir=data_cfg.cache_dir, cache_bytes=int(data_cfg.cache_gb * (1 << 30)),
-                    retries=data_cfg.retries, timeout=data_cfg.timeout, prefetch=data_cfg.prefetch)
+                    retries=data_cfg.retries, timeout=data_cfg.timeout, prefetch=data_cfg.prefetch,
+                    memory_cache_bytes=int(data_cfg.memory_cache_gb * (1 << 30)))
     manifest = read_manifest(data_cfg.path, access)
     return dataclasses.replace(manifest, resize=data_cfg.resize) if manifest.resize else manifest
 
@@ -304,6 +306,39 @@ def skip_reason(exc: Exception) -> str:
     return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)) or type(exc).__name__
 
 
+@dataclass
+class _Decoded:
+    entries: list  # per sample of the shard (table order): (image, label, key), or why it was skipped
+    errors: list[str]  # the shard's damage messages, repeated on every visit as a read would repeat them
+
+
+class _Memo:
+    """data.memory_cache_gb: decoded shards of one (rank, worker) stream, kept until the budget is spent.
+
+    Kept first come, never evicted: visits follow a fresh permutation each epoch, under which least
+    recently used eviction would drop every shard just before it comes round again.
+    """
+
+    def __init__(self, budget: int):
+        self.budget, self.used, self.full = budget, 0, False
+        self.shards: dict[int, _Decoded] = {}
+
+    def get(self, index: int) -> _Decoded | None:
+        return self.shards.get(index)
+
+    def has_room(self) -> bool:
+        return not self.full
+
+    def add(self, index: int, shard: _Decoded, url: str) -> None:
+        size = sum(256 + (e[0].nbytes + len(e[2]) if isinstance(e, tuple) else len(e)) for e in shard.entries)
+        if self.used + size > self.budget:
+            self.full = True
+            log.info("data.memory_cache_gb is spent (%.1f MiB in %d shards); %s and later shards are read and "
+                     "decoded on every visit", self.used / (1 << 20), len(self.shards), redact(url))
+            return
+        self.shards[index], self.used = shard, self.used + size
+
+
 def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, rank: int = 0,
             world_size: int = 1, worker: int = 0, num_workers: int = 1, cursor: Cursor | None = None,
             sampling: str = "epochs", max_bad_in_a_row: int = 1000,
@@ -324,6 +359,8 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
     order = _shard_order(len(manifest.shards), cur, sampling=sampling, infinite=infinite, seed=seed,
                          shuffle=shuffle, rank=rank, world_size=world_size, worker=worker, num_workers=num_workers)
     reader = manifest.access.reader(manifest)
+    # Only a stream that comes back to its shards can gain from remembering them.
+    memo = _Memo(manifest.access.memory_cache_bytes) if infinite and manifest.access.memory_cache_bytes else None
     bad_in_a_row = barren_in_a_row = 0
     ahead: collections.deque = collections.deque()  # the shards after this one, data.prefetch of them
     try:
@@ -337,54 +374,73 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
             url, expected = manifest.shards[index]
             if cur.sample and cur.sample >= expected:  # finished (or lost) before a restart: not fetched again
                 continue
-            try:
-                shard = reader.open(index)
-            except ShardUnavailable as exc:
-                cur.lost += 1
-                cur.sample = expected  # passed over as a whole; a resume here goes on with the next shard
-                notes["last_lost"] = str(exc)
-                log.warning("skipped shard %s", exc)
-                barren_in_a_row += 1
-                if barren_in_a_row > len(manifest.shards):
-                    raise DataError(f"{redact(manifest.root)}: {barren_in_a_row} shards in a row gave no usable "
-                                    f"sample (last: {exc})") from None
-                continue
+            cached = memo.get(index) if memo is not None else None
+            shard = None
+            if cached is None:
+                try:
+                    shard = reader.open(index)
+                except ShardUnavailable as exc:
+                    cur.lost += 1
+                    cur.sample = expected  # passed over as a whole; a resume here goes on with the next shard
+                    notes["last_lost"] = str(exc)
+                    log.warning("skipped shard %s", exc)
+                    barren_in_a_row += 1
+                    if barren_in_a_row > len(manifest.shards):
+                        raise DataError(f"{redact(manifest.root)}: {barren_in_a_row} shards in a row gave no "
+                                        f"usable sample (last: {exc})") from None
+                    continue
             for *_, later in ahead:  # fetched in the background while this shard is decoded
-                reader.prefetch(later)
-            with shard:
-                for message in shard.errors:
-                    log.warning("damaged shard, read %d samples before: %s: %s", len(shard), redact(url), message)
-                if len(shard) < expected and cur.sample == 0:
+                if memo is None or later not in memo.shards:
+                    reader.prefetch(later)
+            size, errors = (len(cached.entries), cached.errors) if cached else (len(shard), shard.errors)
+            with shard if shard is not None else contextlib.nullcontext():
+                for message in errors:
+                    log.warning("damaged shard, read %d samples before: %s: %s", size, redact(url), message)
+                if size < expected and cur.sample == 0:
                     cur.short += 1
-                    notes["last_short"] = f"{redact(url)}: {len(shard)} of {expected} samples"
+                    notes["last_short"] = f"{redact(url)}: {size} of {expected} samples"
                     log.warning("short shard %s: read %d of the %d samples the manifest lists", redact(url),
-                                len(shard), expected)
-                visit = np.random.default_rng([seed, cur.epoch, cur.shard, index]).permutation(len(shard)) \
-                    if shuffle else np.arange(len(shard))
+                                size, expected)
+                visit = np.random.default_rng([seed, cur.epoch, cur.shard, index]).permutation(size) \
+                    if shuffle else np.arange(size)
+                # A shard read from its start is remembered whole once its last sample has been decoded.
+                record = [None] * size if memo is not None and cached is None and cur.sample == 0 \
+                    and memo.has_room() else None
                 yielded = False
-                while cur.sample < len(shard):
+                while cur.sample < size:
                     i = int(visit[cur.sample])
                     cur.sample += 1
-                    try:
-                        sample = shard.sample(i)
-                        image, label = decode_sample(sample, manifest)
-                    except Exception as exc:  # corrupt sample: skip and count, never stall the stream
+                    if cached is not None:
+                        entry = cached.entries[i]
+                    else:
+                        try:
+                            sample = shard.sample(i)
+                            entry = (*decode_sample(sample, manifest), sample["__key__"])
+                        except Exception as exc:  # corrupt sample: skip and count, never stall the stream
+                            entry = f"{shard.table.keys[i].decode()} in {redact(url)}: {skip_reason(exc)}"
+                        if record is not None:
+                            record[i] = entry
+                    if isinstance(entry, str):  # why the sample was skipped
                         cur.skipped += 1
                         bad_in_a_row += 1
-                        notes["last_skip"] = f"{shard.table.keys[i].decode()} in {redact(url)}: {skip_reason(exc)}"
+                        notes["last_skip"] = entry
                         if cur.skipped <= 10:
-                            log.warning("skipped corrupt sample %s", notes["last_skip"])
+                            log.warning("skipped corrupt sample %s", entry)
                         if bad_in_a_row >= max_bad_in_a_row:
                             raise DataError(f"{redact(manifest.root)}: {bad_in_a_row} samples in a row failed to "
-                                            f"decode (data.max_skipped_in_a_row); last: {notes['last_skip']}")
+                                            f"decode (data.max_skipped_in_a_row); last: {entry}")
                         continue
                     bad_in_a_row, yielded = 0, True
-                    yield image, label, sample["__key__"], cur.copy()
-            reader.release(shard)
+                    yield entry[0], entry[1], entry[2], cur.copy()
+                if record is not None:
+                    memo.add(index, _Decoded(record, list(errors)), url)
+            if shard is not None:
+                reader.release(shard)
             barren_in_a_row = 0 if yielded else barren_in_a_row + 1
             if barren_in_a_row > len(manifest.shards):
+                last = notes["last_skip"] if "last_skip" in notes else "empty"
                 raise DataError(f"{redact(manifest.root)}: {barren_in_a_row} shards in a row gave no usable sample "
-                                f"(last: {redact(url)}{', ' + notes['last_skip'] if 'last_skip' in notes else ', empty'})")
+                                f"(last: {redact(url)}, {last})")
     finally:
         reader.close()
 
@@ -530,7 +586,8 @@ class StreamLoader:
 
     def state_dict(self) -> dict[str, Any]:
         return {"world_size": self.world_size, "rank": self.rank, "seed": self.seed, "shuffle": self.shuffle,
-                "sampling": self.sampling, "turn": self.turn, "cursors": [list(dataclasses.astuple(c)) for c in self.cursors]}
+                "sampling": self.sampling, "turn": self.turn,
+                "cursors": [list(dataclasses.astuple(c)) for c in self.cursors]}
 
     def close(self) -> None:
         """Shut the workers down (idempotent); state_dict() stays valid."""
