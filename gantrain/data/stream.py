@@ -323,12 +323,6 @@ class _Memo:
         self.budget, self.used, self.full = budget, 0, False
         self.shards: dict[int, _Decoded] = {}
 
-    def get(self, index: int) -> _Decoded | None:
-        return self.shards.get(index)
-
-    def has_room(self) -> bool:
-        return not self.full
-
     def add(self, index: int, shard: _Decoded, url: str) -> None:
         size = sum(256 + (e[0].nbytes + len(e[2]) if isinstance(e, tuple) else len(e)) for e in shard.entries)
         if self.used + size > self.budget:
@@ -374,7 +368,7 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
             url, expected = manifest.shards[index]
             if cur.sample and cur.sample >= expected:  # finished (or lost) before a restart: not fetched again
                 continue
-            cached = memo.get(index) if memo is not None else None
+            cached = memo.shards.get(index) if memo is not None else None
             shard = None
             if cached is None:
                 try:
@@ -405,7 +399,7 @@ def samples(manifest: Manifest, *, seed: int, shuffle: bool, infinite: bool, ran
                     if shuffle else np.arange(size)
                 # A shard read from its start is remembered whole once its last sample has been decoded.
                 record = [None] * size if memo is not None and cached is None and cur.sample == 0 \
-                    and memo.has_room() else None
+                    and not memo.full else None
                 yielded = False
                 while cur.sample < size:
                     i = int(visit[cur.sample])
