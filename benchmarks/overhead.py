@@ -130,15 +130,16 @@ def bench_step(data: Path, args: argparse.Namespace) -> None:
         })
         return resolve(cfg, manifest, 1)
 
-    variants = {"loop only": 0.0, f"end to end, {args.workers} workers": 0.0}
+    # name -> (data.memory_cache_gb, fed the bare loop's in-memory batches instead of reading the shards)
+    variants = {"loop only": (0.0, True), f"end to end, {args.workers} workers": (0.0, False)}
     if args.memory_cache_gb:
-        variants[f"end to end, {args.workers} workers, memory cache warm"] = args.memory_cache_gb
+        variants[f"end to end, {args.workers} workers, memory cache warm"] = (args.memory_cache_gb, False)
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {}
-        for i, (name, cache_gb) in enumerate(variants.items()):
+        for i, (name, (cache_gb, in_memory)) in enumerate(variants.items()):
             cfg = config(cache_gb)
             trainer = Trainer(cfg, Path(tmp) / str(i), SingleEngine("cpu"), manifest=open_data(cfg.data))
-            if name == "loop only":
+            if in_memory:
                 trainer.loader.close()
                 trainer.loader = InMemory(images, args.batch)
             elif cache_gb:
